@@ -1,0 +1,155 @@
+"""The effect-handler stack behind ``ppl.sample``.
+
+A handler decides what a sample site does: draw, read a given value, or apply a
+gradient strategy. Handlers live on a Python-level stack, so everything here
+is ordinary tracing with public JAX APIs: it works under ``jit``, ``vmap`` and
+``grad`` alike.
+
+Combinators (``ppl.vmap``, ``ppl.scan``) run their body inside ``jax.vmap`` or
+``jax.lax.scan``. A handler cannot carry Python state across that boundary,
+so it opens a *block*: it hands the body per-element inputs, runs a child
+handler inside the traced body, and absorbs the child's stacked records.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+
+from ppl._choice_map import Address, format_address
+
+_STACK: list[Handler] = []
+
+
+def current() -> Handler | None:
+    """The innermost active handler, or ``None`` outside any program."""
+    return _STACK[-1] if _STACK else None
+
+
+class Handler:
+    """Base class: address bookkeeping, nesting and the block protocol."""
+
+    def __init__(self) -> None:
+        self._prefix: Address = ()
+        self._seen: set[Address] = set()
+
+    def __enter__(self) -> Handler:
+        _STACK.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        popped = _STACK.pop()
+        assert popped is self
+
+    # -- addresses -----------------------------------------------------------
+    def claim(self, addr: Address, what: str) -> Address:
+        """Register ``prefix + addr``; the same address twice is an error."""
+        return self.claim_full(self._prefix + addr, what)
+
+    def claim_full(self, full: Address, what: str) -> Address:
+        """Register a full address; the same address twice is an error."""
+        if full in self._seen:
+            raise ValueError(
+                f"address '{format_address(full)}' ({what}) is sampled twice in one "
+                "program; give each sample site its own address"
+            )
+        for other in self._seen:
+            n = min(len(other), len(full))
+            if other[:n] == full[:n]:
+                raise ValueError(
+                    f"address '{format_address(full)}' ({what}) overlaps address "
+                    f"'{format_address(other)}': one is a prefix of the other"
+                )
+        self._seen.add(full)
+        return full
+
+    def call(self, addr: Address, body: Callable[..., Any], args: tuple) -> Any:
+        """Run a nested generative function's body at ``addr``."""
+        saved = self._prefix
+        self._prefix = saved + addr
+        try:
+            return body(*args)
+        finally:
+            self._prefix = saved
+
+    # -- what subclasses define ------------------------------------------------
+    def sample(self, addr: Address, d: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def block_inputs(self, addr: Address, size: int, own: set[Address] | None) -> Any:  # pragma: no cover
+        """Per-element inputs (leading axis ``size``) for a block at ``addr``.
+
+        ``own`` is the set of the block's relative addresses when the block has
+        no address of its own, else ``None`` (everything under ``addr``).
+        """
+        raise NotImplementedError
+
+    def child(self, inputs: Any) -> Handler:  # pragma: no cover
+        """A handler for one element of a block, given its slice of the inputs."""
+        raise NotImplementedError
+
+    def records(self) -> tuple[Any, Any]:  # pragma: no cover
+        """``(arrays, static)``: what a child returns through the traced body."""
+        raise NotImplementedError
+
+    def absorb(self, addr: Address, kind: str, arrays: Any, static: Any) -> None:  # pragma: no cover
+        """Merge a block's stacked child records at ``addr``."""
+        raise NotImplementedError
+
+
+def run_block(
+    kind: str,
+    addr: Address,
+    size: int,
+    traced: Callable[[Any, Callable[..., Any]], Any],
+) -> Any:
+    """Run a combinator body under the current handler's block protocol.
+
+    ``traced(inputs, element)`` must map (with ``jax.vmap`` or ``jax.lax.scan``)
+    over the leading axis of ``inputs`` a function that calls
+    ``element(element_inputs, thunk)``, where ``thunk()`` runs the body;
+    ``element`` returns ``(body_result, records)``, and ``traced`` returns the
+    stacked ``(results, records)``.
+    """
+    handler = current()
+    assert handler is not None, "run_block needs an active handler"
+    base = handler._prefix + addr
+    # A block without its own address shares its parent's namespace: find
+    # which addresses are its own before slicing the parent's inputs.
+    own = None if addr else _discover_addresses(traced, size)
+    inputs = handler.block_inputs(base, size, own)
+    static_box: list[Any] = []
+
+    def element(element_inputs: Any, thunk: Callable[[], Any]) -> tuple[Any, Any]:
+        child = handler.child(element_inputs)
+        with child:
+            out = thunk()
+        arrays, static = child.records()
+        static_box.append(static)
+        return out, arrays
+
+    out, arrays = traced(inputs, element)
+    handler.absorb(base, kind, arrays, static_box[-1])
+    return out
+
+
+def _discover_addresses(traced: Callable[[Any, Callable[..., Any]], Any], size: int) -> set[Address]:
+    """The relative addresses a block samples, found by an abstract trace."""
+    from ppl._interpreter import Interpreter
+
+    found: list[set[Address]] = []
+
+    def run() -> None:
+        def element(element_inputs: Any, thunk: Callable[[], Any]) -> tuple[Any, Any]:
+            child = Interpreter(element_inputs, {}, "discover")
+            with child:
+                out = thunk()
+            found.append(set(child.choices))
+            return out, ()
+
+        with Interpreter(jax.random.key(0), {}, "discover"):
+            traced(jax.random.split(jax.random.key(0), size), element)
+
+    jax.eval_shape(run)
+    return found[-1]

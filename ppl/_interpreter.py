@@ -1,0 +1,106 @@
+"""The handler behind ``simulate``, ``assess`` and ``generate``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ppl._choice_map import Address, format_address, subtree
+from ppl._distributions import check_value, name, site_log_prob
+from ppl._handlers import Handler
+
+
+class Interpreter(Handler):
+    """Draw unconstrained sites from ``key``; read constrained ones from ``constraints``.
+
+    ``simulate`` gives a key and no constraints, ``assess`` constraints and no
+    key (every site must be given), ``generate`` both. Records the choices, the
+    total log density (``score``) and the log density of the constrained sites
+    (``weight``).
+    """
+
+    def __init__(
+        self,
+        key: jax.Array | None,
+        constraints: dict[Address, Any],
+        role: str,
+        base: Address = (),
+    ):
+        super().__init__()
+        self.base = base
+        self.key = key
+        self.constraints = constraints
+        self.role = role
+        self.counter = 0
+        self.choices: dict[Address, Any] = {}
+        self.score = jnp.zeros(())
+        self.weight = jnp.zeros(())
+        self.used: set[Address] = set()
+
+    def next_key(self) -> jax.Array:
+        key = jax.random.fold_in(self.key, self.counter)
+        self.counter += 1
+        return key
+
+    def sample(self, addr: Address, d: Any) -> Any:
+        full = self.claim(addr, name(d))
+        if full in self.constraints:
+            self.used.add(full)
+            value = check_value(full, d, self.constraints[full], f"the value given to {self.role}")
+            if self.key is not None:
+                self.counter += 1
+            lp = site_log_prob(d, value)
+            self.weight = self.weight + lp
+        elif self.key is None:
+            raise ValueError(
+                f"{self.role}: no value for address '{format_address(self.base + full)}' ({name(d)}); "
+                "every sample site needs a value"
+            )
+        else:
+            value = d.sample(self.next_key())
+            lp = site_log_prob(d, value)
+        self.choices[full] = value
+        self.score = self.score + lp
+        return value
+
+    def block_inputs(self, base: Address, size: int, own: set[Address] | None) -> Any:
+        keys = None if self.key is None else jax.random.split(self.next_key(), size)
+        given = subtree(self.constraints, base)
+        if own is not None:
+            given = {a: v for a, v in given.items() if a in own}
+        for a, v in given.items():
+            shape = jnp.shape(v)
+            if not shape or shape[0] != size:
+                raise ValueError(
+                    f"{self.role}: the value at address '{format_address(base + a)}' has shape "
+                    f"{shape}, but the combinator there has {size} elements (leading axis)"
+                )
+        return keys, given
+
+    def child(self, inputs: Any) -> Interpreter:
+        keys, given = inputs
+        return Interpreter(keys, given, self.role, self.base + self._prefix)
+
+    def records(self) -> tuple[Any, Any]:
+        self.check_all_used()
+        return (self.choices, self.score, self.weight), None
+
+    def absorb(self, base: Address, kind: str, arrays: Any, static: Any) -> None:
+        choices, score, weight = arrays
+        self.used.update(base + a for a in choices)
+        for a, v in choices.items():
+            self.claim_full(base + a, kind)
+            self.choices[base + a] = v
+        self.score = self.score + jnp.sum(score)
+        self.weight = self.weight + jnp.sum(weight)
+
+    def check_all_used(self) -> None:
+        extra = sorted(set(self.constraints) - self.used - set(self.choices))
+        if extra:
+            raise ValueError(
+                f"{self.role}: the choice map has address "
+                f"'{format_address(self.base + extra[0])}', "
+                "which the program never samples"
+            )

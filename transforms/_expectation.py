@@ -1,0 +1,303 @@
+"""``@expectation`` objective programs and their gradient estimators."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from ppl._choice_map import Address, as_address, format_address, unflatten
+from ppl._gen import GenerativeFunction, Trace
+from ppl._handlers import current
+from ppl.transforms._baselines import leave_one_out_mean
+from ppl.transforms._scope import Aux, Config, EstimatorHandler, run_scope
+from ppl.transforms._strategies import Strategy, auto
+
+sg = jax.lax.stop_gradient
+
+
+def _handler(what: str) -> EstimatorHandler:
+    handler = current()
+    if not isinstance(handler, EstimatorHandler):
+        raise RuntimeError(f"{what} is only available inside an @expectation objective program")
+    return handler
+
+
+def sim(g: GenerativeFunction, *args: Any) -> Trace:
+    """Sample a trace of ``g`` inside an objective; each site follows its strategy.
+
+    The trace's ``score`` is ``log g(choices; args)``, differentiable in the
+    parameters (and in the choices of reparameterized sites).
+    """
+    handler = _handler("sim")
+    if not isinstance(g, GenerativeFunction):
+        raise TypeError(f"sim expects a generative function, got {type(g).__name__}")
+    frame: dict[str, Any] = {"choices": {}, "score": jnp.zeros(())}
+    handler.frames.append(frame)
+    try:
+        retval = g.invoke(handler, (), args)
+    finally:
+        handler.frames.remove(frame)
+    prefix = handler._prefix
+    choices = {a[len(prefix) :]: v for a, v in frame["choices"].items()}
+    return Trace(unflatten(choices), retval, frame["score"])
+
+
+def density(g: GenerativeFunction, choices: dict, *args: Any) -> jax.Array:
+    """``log g(choices; args)``: every address of ``g`` must be given, and no other."""
+    if not isinstance(g, GenerativeFunction):
+        raise TypeError(f"density expects a generative function, got {type(g).__name__}")
+    return g.assess(choices, *args)[0]
+
+
+def add_cost(cost: jax.Array) -> None:
+    """Add a scalar to the objective's value at this point of the program.
+
+    The scope's value is the sum of its added costs and its return value. A
+    score-function term multiplies only the costs added after its site (causal
+    Rao-Blackwellization), so adding costs as soon as they are known lowers
+    variance without changing the expectation.
+    """
+    _handler("add_cost").add_cost(cost, "add_cost's argument")
+
+
+class Expectation:
+    """An objective program: its expected value is the objective.
+
+    Create with :func:`expectation`. ``estimator(...)`` picks strategies;
+    ``estimate``/``value_and_grad`` here use the default estimator (``auto()``).
+    Calling it inside another objective program opens a nested scope whose
+    estimate (value and surrogate gradient) is used as a deterministic value.
+    """
+
+    def __init__(self, fn: Callable[..., Any]):
+        self.fn = fn
+        functools.update_wrapper(self, fn)
+        self._default: Estimator | None = None
+
+    def __repr__(self) -> str:
+        return f"<expectation {getattr(self.fn, '__name__', self.fn)!r}>"
+
+    def estimator(
+        self,
+        strategies: dict[str | Address, Strategy] | None = None,
+        default: Strategy | None = None,
+        particles: int = 1,
+        argnums: int | tuple[int, ...] = 0,
+        jit: bool = True,
+    ) -> Estimator:
+        """A gradient estimator with per-address ``strategies`` (others use ``default``)."""
+        return Estimator(self, strategies or {}, default or auto(), particles, argnums, jit)
+
+    @property
+    def default_estimator(self) -> Estimator:
+        if self._default is None:
+            self._default = self.estimator()
+        return self._default
+
+    def estimate(self, key: jax.Array, *args: Any) -> jax.Array:
+        """A plain Monte Carlo estimate of the objective (one run, no strategies)."""
+        config = Config({}, auto(), 1, plain=True, args=args)
+        return run_scope(self.fn, args, key, {}, config).value
+
+    def value_and_grad(self, key: jax.Array, *args: Any) -> tuple[jax.Array, Any]:
+        """``(value, gradient)`` of the default estimator, w.r.t. the first argument."""
+        return self.default_estimator.value_and_grad(key, *args)
+
+    def __call__(self, *args: Any) -> jax.Array:
+        handler = current()
+        if not isinstance(handler, EstimatorHandler):
+            raise RuntimeError(
+                f"{self!r} is an objective program: use .estimate(key, *args), "
+                ".value_and_grad(key, *args) or .estimator(...)"
+            )
+        result = run_scope(self.fn, args, handler.next_key(), {}, handler.config, handler.in_block)
+        handler.aux.extend(result.aux)
+        return result.surrogate
+
+
+def expectation(fn: Callable[..., Any]) -> Expectation:
+    """Mark a function as an objective program; its expected value is the objective.
+
+    Inside, ``ppl.sample`` draws random choices, :func:`sim` samples traces of
+    generative functions, :func:`density` evaluates log densities and
+    :func:`add_cost` adds terms. The return value (a scalar) is added last.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, numpyro.distributions as dist, ppl
+        >>> from ppl import transforms as T
+        >>> @T.expectation
+        ... def objective(theta):
+        ...     x = ppl.sample("x", dist.Normal(theta, 1.0))
+        ...     return x**2
+        >>> est = objective.estimator(strategies={"x": T.reinforce()})
+        >>> value, grad = est.value_and_grad(jax.random.key(0), 1.0)
+    """
+    return Expectation(fn)
+
+
+class Estimator:
+    """A jitted gradient estimator of an objective program.
+
+    Two call forms::
+
+        value, grad = est.value_and_grad(key, *args)                  # stateless
+        (value, grad), state = est.value_and_grad(key, *args, state=state)
+
+    The second is required when any site has a stateful baseline
+    (``running_average``, ``learned``); create the state with
+    ``est.init(*args)``. The gradient is w.r.t. ``args[argnums]`` (a pytree,
+    Optax-ready: for maximization pass ``-grad`` to ``optimizer.update``).
+
+    With ``particles=K`` the objective is run K times independently (vmapped);
+    the value is the mean and ``leave_one_out`` baselines use the other
+    particles.
+    """
+
+    def __init__(
+        self,
+        objective: Expectation,
+        strategies: dict[str | Address, Strategy],
+        default: Strategy,
+        particles: int,
+        argnums: int | tuple[int, ...],
+        jit: bool,
+    ):
+        if particles < 1:
+            raise ValueError(f"particles must be >= 1, got {particles}")
+        for s in (*strategies.values(), default):
+            if not isinstance(s, Strategy):
+                raise TypeError(f"strategies must be Strategy objects, got {s!r}")
+        self.objective = objective
+        self.strategies = {as_address(k): v for k, v in strategies.items()}
+        self.default = default
+        self.particles = particles
+        self.argnums = argnums
+        self._value_and_grad = jax.jit(self._value_and_grad_impl) if jit else self._value_and_grad_impl
+        self._estimate = jax.jit(self._estimate_impl) if jit else self._estimate_impl
+
+    def _config(self, args: tuple, state: Any) -> Config:
+        return Config(self.strategies, self.default, self.particles, state=state, args=args)
+
+    def _check_addresses(self, config: Config) -> None:
+        unknown = sorted(set(self.strategies) - config.used)
+        if unknown:
+            raise ValueError(
+                f"strategies: no sample site at address '{format_address(unknown[0])}' in "
+                f"{self.objective!r}"
+            )
+
+    def _run(self, key: jax.Array, args: tuple, state: Any) -> tuple[jax.Array, jax.Array, Any, Config]:
+        config = self._config(args, state)
+        fn = self.objective.fn
+        if self.particles == 1:
+            result = run_scope(fn, args, key, {}, config)
+            value, surrogate, aux = result.value, result.surrogate, result.aux
+        else:
+            keys = jax.random.split(key, self.particles)
+
+            def one(k: jax.Array) -> tuple[jax.Array, jax.Array, Aux]:
+                r = run_scope(fn, args, k, {}, config)
+                return r.value, r.surrogate, r.aux
+
+            values, surrogates, aux = jax.vmap(one)(keys)
+            value, surrogate = jnp.mean(values), jnp.mean(surrogates)
+            for w, lp, d in aux.deferred:
+                b = leave_one_out_mean(d, axis=0)
+                surrogate = surrogate + jnp.sum(w * sg(d - b) * (lp - sg(lp))) / self.particles
+        self._check_addresses(config)
+        new_state = self._update_state(config, state, aux, args)
+        return value, surrogate, new_state, config
+
+    def _update_state(self, config: Config, state: Any, aux: Aux, args: tuple) -> Any:
+        if state is None:
+            return None
+        new_state = dict(state)
+        for address, baseline in config.stateful.items():
+            ds = [d for a, d in aux.stats if a == address]
+            if ds:
+                new_state[address] = baseline.update(state[address], ds, args)
+        return new_state
+
+    def _split_args(self, args: tuple) -> tuple[Callable[[Any], tuple], Any]:
+        nums = (self.argnums,) if isinstance(self.argnums, int) else tuple(self.argnums)
+        for n in nums:
+            if not -len(args) <= n < len(args):
+                raise ValueError(f"argnums {self.argnums} out of range for {len(args)} arguments")
+
+        def rebuild(diff: Any) -> tuple:
+            full = list(args)
+            parts = (diff,) if isinstance(self.argnums, int) else diff
+            for n, part in zip(nums, parts):
+                full[n] = part
+            return tuple(full)
+
+        diff = args[self.argnums] if isinstance(self.argnums, int) else tuple(args[n] for n in nums)
+        return rebuild, diff
+
+    def _value_and_grad_impl(self, key: jax.Array, args: tuple, state: Any) -> Any:
+        rebuild, diff = self._split_args(args)
+
+        def surrogate_fn(diff: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
+            value, surrogate, new_state, _ = self._run(key, rebuild(diff), state)
+            return surrogate, (value, new_state)
+
+        grad, (value, new_state) = jax.grad(surrogate_fn, has_aux=True)(diff)
+        return value, grad, new_state
+
+    def _estimate_impl(self, key: jax.Array, args: tuple, state: Any) -> jax.Array:
+        return self._run(key, args, state)[0]
+
+    def init(self, *args: Any) -> dict[str, Any]:
+        """The estimator state: one entry per site with a stateful baseline."""
+        found: dict[str, Any] = {}
+
+        def trace() -> None:
+            config = self._config(args, None)
+            config.state = _InitState(config)
+            self._run_for_init(config, args)
+            found.update(config.stateful)
+
+        jax.eval_shape(trace)
+        return {address: baseline.init() for address, baseline in found.items()}
+
+    def _run_for_init(self, config: Config, args: tuple) -> None:
+        key = jax.random.key(0)
+        if self.particles == 1:
+            run_scope(self.objective.fn, args, key, {}, config)
+        else:
+            jax.vmap(lambda k: run_scope(self.objective.fn, args, k, {}, config).value)(
+                jax.random.split(key, self.particles)
+            )
+
+    def value_and_grad(self, key: jax.Array, *args: Any, state: Any = None) -> Any:
+        """``(value, grad)``, or ``((value, grad), new_state)`` when ``state`` is given."""
+        value, grad, new_state = self._value_and_grad(key, args, state)
+        if state is None:
+            return value, grad
+        return (value, grad), new_state
+
+    def grad(self, key: jax.Array, *args: Any, state: Any = None) -> Any:
+        """The gradient estimate alone (and the new state when ``state`` is given)."""
+        out = self.value_and_grad(key, *args, state=state)
+        return out[1] if state is None else (out[0][1], out[1])
+
+    def estimate(self, key: jax.Array, *args: Any, state: Any = None) -> jax.Array:
+        """The estimator's value: the plain Monte Carlo value for the same key."""
+        return self._estimate(key, args, state)
+
+
+class _InitState(dict):
+    """During ``init``: each stateful baseline reads its own initial state."""
+
+    def __init__(self, config: Config):
+        super().__init__()
+        self.config = config
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.config.stateful
+
+    def __getitem__(self, key: str) -> Any:
+        return self.config.stateful[key].init()

@@ -1,0 +1,328 @@
+"""Running one expectation scope: the estimator handler and the surrogate it yields.
+
+``run_scope`` executes an objective program once under an
+:class:`EstimatorHandler`, which draws each site by its strategy and records a
+ledger. From the ledger it builds the scope's *surrogate*: a scalar whose value
+is the plain Monte Carlo value of the program and whose JAX gradient is the
+estimator. Continuation-based strategies (``enum``, ``mvd``) re-run the program
+with the site's value substituted, the earlier choices held fixed, and the
+same keys (hence the same later random numbers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from ppl._choice_map import Address, format_address, subtree
+from ppl._distributions import name, site_log_prob
+from ppl._handlers import Handler
+from ppl.transforms._ledger import (
+    BlockEntry,
+    CostEntry,
+    SiteEntry,
+    downstream_costs,
+    join,
+    site_values,
+    split,
+    total,
+)
+from ppl.transforms._strategies import Auto, Site, Strategy
+
+sg = jax.lax.stop_gradient
+
+
+@dataclasses.dataclass
+class Config:
+    """Static settings of one estimator run, shared by nested scopes and re-runs."""
+
+    strategies: dict[Address, Strategy]
+    default: Strategy
+    particles: int
+    plain: bool = False
+    state: Any = None
+    args: tuple = ()
+    used: set[Address] = dataclasses.field(default_factory=set)
+    stateful: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def resolve(self, address: Address, d: Any, in_block: bool) -> Strategy:
+        if address in self.strategies:
+            self.used.add(address)
+            strategy = self.strategies[address]
+        else:
+            strategy = self.default
+        if isinstance(strategy, Auto):
+            strategy = strategy.resolve(address, d, in_block, self.particles)
+        strategy.check(address, d)
+        if in_block and strategy.uses_continuation:
+            raise ValueError(
+                f"{type(strategy).__name__.lower()} at address '{format_address(address)}' "
+                f"({name(d)}): continuation strategies are not available inside ppl.vmap or "
+                "ppl.scan; use reparam or reinforce there"
+            )
+        baseline = strategy.baseline
+        if baseline is not None and baseline.deferred and self.particles < 2:
+            raise ValueError(
+                f"leave_one_out baseline at address '{format_address(address)}' ({name(d)}) "
+                "needs particles >= 2: use objective.estimator(..., particles=K)"
+            )
+        if baseline is not None and baseline.stateful:
+            self.stateful[format_address(address)] = baseline
+        return strategy
+
+    def baseline_value(self, address: Address, strategy: Strategy) -> jax.Array:
+        baseline = strategy.baseline
+        if baseline is None or baseline.deferred:
+            return jnp.zeros(())
+        if not baseline.stateful:
+            return baseline.value((), self.args)
+        key = format_address(address)
+        if self.state is None or key not in self.state:
+            raise ValueError(
+                f"address '{key}' has a stateful baseline ({type(baseline).__name__.strip('_')}): "
+                "create the state with estimator.init(*args) and pass state=... to value_and_grad"
+            )
+        return sg(baseline.value(self.state[key], self.args))
+
+
+class _Replace(Exception):
+    """Raised at a site whose strategy replaces the rest of the scope."""
+
+
+@dataclasses.dataclass
+class Aux:
+    """Terms a scope cannot finish by itself.
+
+    ``deferred``: ``(weight, log_prob, downstream)`` of leave-one-out sites, whose
+    baselines need the other particles; ``stats``: ``(address, downstream)`` for
+    stateful baseline updates.
+    """
+
+    deferred: list[tuple[jax.Array, jax.Array, jax.Array]] = dataclasses.field(default_factory=list)
+    stats: list[tuple[str, jax.Array]] = dataclasses.field(default_factory=list)
+
+    def extend(self, other: Aux) -> None:
+        self.deferred.extend(other.deferred)
+        self.stats.extend(other.stats)
+
+
+jax.tree_util.register_pytree_node(
+    Aux,
+    lambda a: ((a.deferred, [d for _, d in a.stats]), tuple(k for k, _ in a.stats)),
+    lambda keys, ch: Aux(list(ch[0]), list(zip(keys, ch[1]))),
+)
+
+
+class EstimatorHandler(Handler):
+    """Draws sites by strategy and records the ledger of one scope run."""
+
+    def __init__(self, key: jax.Array, subst: dict[Address, Any], config: Config, in_block: bool):
+        super().__init__()
+        self.key = key
+        self.subst = subst
+        self.config = config
+        self.in_block = in_block
+        self.counter = 0
+        self.entries: list[Any] = []
+        self.frames: list[dict[str, Any]] = []
+        self.aux = Aux()
+
+    def next_key(self) -> jax.Array:
+        key = jax.random.fold_in(self.key, self.counter)
+        self.counter += 1
+        return key
+
+    def _record(self, address: Address, value: Any, lp: jax.Array) -> None:
+        for frame in self.frames:
+            frame["choices"][address] = value
+            frame["score"] = frame["score"] + lp
+
+    def sample(self, addr: Address, d: Any) -> Any:
+        full = self.claim(addr, name(d))
+        key = self.next_key()
+        if full in self.subst:
+            value = self.subst[full]
+            lp = site_log_prob(d, value)
+            self.entries.append(SiteEntry(full, None, value, lp))
+        elif self.config.plain:
+            value = sg(d.sample(key))
+            lp = site_log_prob(d, value)
+            self.entries.append(SiteEntry(full, None, value, lp))
+        else:
+            strategy = self.config.resolve(full, d, self.in_block)
+            value = strategy.draw(key, d)
+            lp = site_log_prob(d, value)
+            self.entries.append(SiteEntry(full, strategy, value, lp, d, key))
+            if strategy.replaces_continuation:
+                raise _Replace()
+        self._record(full, value, lp)
+        return value
+
+    def add_cost(self, cost: Any, what: str) -> None:
+        cost = jnp.asarray(cost)
+        if cost.shape != ():
+            raise ValueError(f"{what} must be a scalar, got shape {cost.shape}")
+        self.entries.append(CostEntry(cost))
+
+    # -- block protocol ----------------------------------------------------------
+    def block_inputs(self, base: Address, size: int, own: set[Address] | None) -> Any:
+        given = subtree(self.subst, base)
+        if own is not None:
+            given = {a: v for a, v in given.items() if a in own}
+        return jax.random.split(self.next_key(), size), given
+
+    def child(self, inputs: Any) -> EstimatorHandler:
+        keys, given = inputs
+        return EstimatorHandler(keys, given, self.config, in_block=True)
+
+    def records(self) -> tuple[Any, Any]:
+        choices, score = {}, jnp.zeros(())
+        for e in self.entries:
+            if isinstance(e, SiteEntry):
+                choices[e.address] = e.value
+                score = score + e.log_prob
+        self._fold_block_choices(self.entries, choices)
+        arrays, static = split(self.entries)
+        return (arrays, choices, score, self.aux), static
+
+    @staticmethod
+    def _fold_block_choices(entries: list[Any], choices: dict[Address, Any]) -> None:
+        for e in entries:
+            if isinstance(e, BlockEntry):
+                choices.update(site_values(e.entries))
+
+    def absorb(self, base: Address, kind: str, arrays: Any, static: Any) -> None:
+        entry_arrays, choices, score, aux = arrays
+        rel = base[len(self._prefix) :]
+        del rel
+        for a in choices:
+            self.claim_full(base + a, kind)
+        entries = join(entry_arrays, static, base)
+        self.entries.append(BlockEntry(kind, base, entries))
+        for frame in self.frames:
+            for a, v in choices.items():
+                frame["choices"][base + a] = v
+            frame["score"] = frame["score"] + jnp.sum(score)
+        self.aux.extend(aux)
+
+
+@dataclasses.dataclass
+class ScopeResult:
+    value: jax.Array
+    surrogate: jax.Array
+    aux: Aux
+    entries: list[Any]
+
+
+def _cost_sum(entries: list[Any]) -> jax.Array:
+    out = jnp.zeros(())
+    for e in entries:
+        out = out + total(e, 0)
+    return out
+
+
+def run_scope(
+    program: Callable[..., Any],
+    args: tuple,
+    key: jax.Array,
+    subst: dict[Address, Any],
+    config: Config,
+    in_block: bool = False,
+) -> ScopeResult:
+    """Run ``program(*args)`` as one expectation scope; see the module docstring."""
+    handler = EstimatorHandler(key, subst, config, in_block)
+    replaced = False
+    with handler:
+        try:
+            ret = program(*args)
+            handler.add_cost(ret, "the objective's return value")
+        except _Replace:
+            replaced = True
+    entries = handler.entries
+    aux = handler.aux
+    costs = _cost_sum(entries)
+    rest = jnp.zeros(())
+    if replaced:
+        site = entries[-1]
+        view = _site_view(program, args, key, subst, config, entries, len(entries) - 1, aux)
+        rest = site.strategy.rest(view)
+    value = sg(costs) + sg(rest)
+    surrogate = costs + rest
+    if config.plain:
+        return ScopeResult(value, surrogate, aux, entries)
+    for site, downstream in downstream_costs(entries, sg(rest)):
+        if site.strategy.replaces_continuation:
+            continue
+        baseline = site.strategy.baseline
+        if baseline is not None and baseline.deferred:
+            lp = site.log_prob
+            aux.deferred.append((jnp.ones_like(downstream), lp, sg(downstream)))
+            continue
+        if baseline is not None and baseline.stateful:
+            aux.stats.append((format_address(site.address), sg(downstream)))
+        b = config.baseline_value(site.address, site.strategy)
+        if site.dist is not None:
+            index = next(i for i, e in enumerate(entries) if e is site)
+            view = _site_view(program, args, key, subst, config, entries, index, aux)
+            view.downstream, view.baseline = downstream, b
+        else:
+            view = Site(site.address, None, None, site.value, site.log_prob, downstream, b)
+        surrogate = surrogate + site.strategy.surrogate(view)
+    return ScopeResult(value, surrogate, aux, entries)
+
+
+def _site_view(
+    program: Callable[..., Any],
+    args: tuple,
+    key: jax.Array,
+    subst: dict[Address, Any],
+    config: Config,
+    entries: list[Any],
+    index: int,
+    aux: Aux,
+) -> Site:
+    site = entries[index]
+    prefix = {**subst, **site_values(entries[:index])}
+
+    def rerun(value: jax.Array, plain: bool) -> ScopeResult:
+        cfg = dataclasses.replace(config, plain=True) if plain else config
+        return run_scope(program, args, key, {**prefix, site.address: value}, cfg)
+
+    def continuation(values: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+        def one(value: jax.Array) -> tuple[jax.Array, Aux]:
+            result = rerun(value, plain=False)
+            before = _cost_sum(result.entries[:index])
+            return result.surrogate - before, result.aux
+
+        rests, inner = jax.vmap(one)(values)
+        if inner.deferred or inner.stats:
+            if weights is None:
+                raise ValueError(
+                    f"address '{format_address(site.address)}': the continuation has "
+                    "leave-one-out or stateful baselines; pass weights to continuation()"
+                )
+            for w, lp, d in inner.deferred:
+                factor = weights.reshape(weights.shape + (1,) * (w.ndim - 1))
+                aux.deferred.append((w * factor, lp, d))
+            aux.stats.extend(inner.stats)
+        return rests
+
+    def continuation_value(values: jax.Array) -> jax.Array:
+        def one(value: jax.Array) -> jax.Array:
+            result = rerun(value, plain=True)
+            return result.value - sg(_cost_sum(result.entries[:index]))
+
+        return sg(jax.vmap(one)(values))
+
+    return Site(
+        site.address,
+        site.dist,
+        site.key,
+        site.value,
+        site.log_prob,
+        continuation=continuation,
+        continuation_value=continuation_value,
+    )

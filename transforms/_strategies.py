@@ -1,0 +1,240 @@
+"""Gradient strategies: one rule per random choice.
+
+A strategy decides how a sample site inside an ``@expectation`` scope is drawn
+and which zero-valued *surrogate* term it adds, so that the JAX gradient of the
+scope's surrogate is an unbiased estimate of the gradient of the scope's
+expected value. Write your own by subclassing :class:`Strategy`.
+
+What a rule sees (a :class:`Site`): the distribution, the drawn value, its log
+density (carrying gradients), the *downstream cost* (the scope's costs produced
+after the site, stop-gradient), the site's baseline, and, for sites not inside
+``ppl.vmap``/``ppl.scan``, the *continuation*: the rest of the scope re-executed
+with the site set to other values (with the earlier choices held fixed and the
+same random numbers for the later ones).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpyro.distributions as nd
+
+from ppl._choice_map import Address, format_address
+from ppl._distributions import MAX_ENUMERATION, is_discrete, joint_support, name
+from ppl.transforms import _weak_derivatives
+from ppl.transforms._baselines import Baseline, leave_one_out
+from ppl.transforms._baselines import none as no_baseline
+
+sg = jax.lax.stop_gradient
+
+
+@dataclasses.dataclass
+class Site:
+    """What a strategy's rule sees at one sample site (see module docstring).
+
+    ``continuation(values, weights)`` returns, for each of ``values`` (leading
+    axis), the surrogate of the rest of the scope with the site set to that
+    value; ``weights`` (same leading axis, carrying gradients) are the factors
+    the caller multiplies those surrogates by, so deferred terms of later sites
+    (leave-one-out baselines) are kept. ``continuation_value(values)`` returns
+    the plain Monte Carlo value of the rest of the scope (no gradients).
+    """
+
+    address: Address
+    dist: nd.Distribution
+    key: jax.Array
+    value: jax.Array
+    log_prob: jax.Array
+    downstream: jax.Array | None = None
+    baseline: jax.Array | None = None
+    continuation: Callable[..., jax.Array] | None = None
+    continuation_value: Callable[[jax.Array], jax.Array] | None = None
+
+    @property
+    def where(self) -> str:
+        return f"address '{format_address(self.address)}' ({name(self.dist)})"
+
+
+class Strategy:
+    """Base class for gradient strategies.
+
+    Subclasses override :meth:`draw` and one of :meth:`surrogate` (a zero-valued
+    term added to the scope's surrogate) or, with ``replaces_continuation = True``,
+    :meth:`rest` (the surrogate of the whole rest of the scope, which replaces
+    the sampled continuation; its value must stay the Monte Carlo value).
+    """
+
+    replaces_continuation = False
+    uses_continuation = False
+    baseline: Baseline | None = None
+
+    def check(self, address: Address, d: nd.Distribution) -> None:
+        """Raise a clear error if the strategy does not fit the distribution."""
+
+    def draw(self, key: jax.Array, d: nd.Distribution) -> jax.Array:
+        """The value the program sees (default: a sample with no gradient)."""
+        return sg(d.sample(key))
+
+    def surrogate(self, site: Site) -> jax.Array:
+        return jnp.zeros(())
+
+    def rest(self, site: Site) -> jax.Array:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class Reparam(Strategy):
+    """Pathwise gradient: x = T(ε, θ) and the gradient flows through x.
+
+    Uses the distribution's reparameterized sampler; for Gamma, Beta and
+    Dirichlet this is implicit reparameterization (JAX's gamma sampler
+    differentiates the CDF implicitly). Unbiased when the continuation is
+    differentiable in x almost everywhere.
+    """
+
+    def check(self, address: Address, d: nd.Distribution) -> None:
+        if is_discrete(d) or not getattr(d, "has_rsample", False):
+            kind = "is discrete" if is_discrete(d) else "has no reparameterized sampler"
+            raise ValueError(
+                f"reparam at address '{format_address(address)}': {name(d)} {kind}; "
+                "use reinforce, enum or mvd there"
+            )
+
+    def draw(self, key: jax.Array, d: nd.Distribution) -> jax.Array:
+        return d.rsample(key)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reinforce(Strategy):
+    """Score function: adds ``stop_gradient(k − b) · (log p(x; θ) − stop_gradient(log p))``.
+
+    Its gradient is ``(k − b) ∇θ log p(x; θ)`` with ``k`` the downstream cost
+    (causal Rao-Blackwellization: only costs produced after the site) and ``b``
+    a baseline independent of ``x``. Unbiased for every distribution.
+    """
+
+    baseline: Baseline = dataclasses.field(default_factory=no_baseline)
+
+    def surrogate(self, site: Site) -> jax.Array:
+        lp = site.log_prob
+        return jnp.sum(sg(site.downstream - site.baseline) * (lp - sg(lp)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Enum(Strategy):
+    """Exact enumeration: the rest of the scope becomes Σ_v p(v; θ) k(v).
+
+    The gradient is exact over the site (∇ Σ_v p(v) k(v)); the reported value
+    stays the Monte Carlo value k(x) at the drawn x. Batched sites enumerate
+    the joint support (at most ``MAX_ENUMERATION`` values). Costs one
+    continuation per value.
+    """
+
+    replaces_continuation = True
+    uses_continuation = True
+
+    def check(self, address: Address, d: nd.Distribution) -> None:
+        joint_support(address, d)  # raises for infinite or too large supports
+
+    def rest(self, site: Site) -> jax.Array:
+        values = joint_support(site.address, site.dist)
+        log_weights = jax.vmap(lambda v: jnp.sum(site.dist.log_prob(v)))(values)
+        weights = jnp.exp(log_weights)
+        rests = site.continuation(values, weights)
+        axes = tuple(range(1, values.ndim))
+        drawn = jnp.all(values == site.value, axis=axes) if axes else values == site.value
+        sampled = jnp.sum(jnp.where(drawn, rests, 0.0))
+        total = jnp.sum(weights * rests)
+        return sg(sampled) + total - sg(total)
+
+
+@dataclasses.dataclass(frozen=True)
+class MVD(Strategy):
+    """Measure-valued derivative: adds Σ_θ stop_gradient(c_θ (k(x⁺) − k(x⁻))) · (θ − stop_gradient θ).
+
+    Uses the weak-derivative decompositions of ``_weak_derivatives`` (Bernoulli,
+    categorical, normal loc and scale, Poisson, geometric), two continuation
+    evaluations per scalar parameter (one per category for categorical).
+    Unbiased; no differentiability of k needed.
+    """
+
+    uses_continuation = True
+
+    def check(self, address: Address, d: nd.Distribution) -> None:
+        if not _weak_derivatives.supported(d):
+            raise ValueError(
+                f"mvd at address '{format_address(address)}': no weak derivative for "
+                f"{name(d)}; supported: {', '.join(_weak_derivatives.supported_names())}"
+            )
+
+    def surrogate(self, site: Site) -> jax.Array:
+        key = jax.random.fold_in(site.key, 1)
+        flat_value = jnp.ravel(site.value)
+        size = flat_value.shape[0]
+        eye = jnp.eye(size, dtype=bool)
+
+        def replaced(x: jax.Array) -> jax.Array:
+            x = jnp.ravel(x).astype(site.value.dtype)
+            rows = jnp.where(eye, x[None, :], flat_value[None, :])
+            return rows.reshape((size, *site.value.shape))
+
+        total = jnp.zeros(())
+        for theta, c, plus, minus in _weak_derivatives.decompose(site.dist, key):
+            delta = site.continuation_value(replaced(plus))
+            if minus is not None:
+                delta = delta - site.continuation_value(replaced(minus))
+            delta = delta.reshape(theta.shape)
+            total = total + jnp.sum(sg(c * delta) * (theta - sg(theta)))
+        return total
+
+
+@dataclasses.dataclass(frozen=True)
+class Auto(Strategy):
+    """Per site: reparam when possible, enum for small finite supports, else reinforce.
+
+    ``reparam`` if the distribution is continuous with a reparameterized
+    sampler; ``enum`` if its joint support has at most ``max_enumeration``
+    values and the site is not inside ``ppl.vmap``/``ppl.scan``; otherwise
+    ``reinforce`` with a leave-one-out baseline when the estimator runs
+    ``particles ≥ 2``, and no baseline otherwise.
+    """
+
+    max_enumeration: int = 64
+
+    def resolve(self, address: Address, d: nd.Distribution, in_block: bool, particles: int) -> Strategy:
+        if getattr(d, "has_rsample", False) and not is_discrete(d):
+            return Reparam()
+        if not in_block and getattr(d, "has_enumerate_support", False):
+            k = d.enumerate_support(expand=False).shape[0]
+            size = int(jnp.prod(jnp.array(d.batch_shape))) if d.batch_shape else 1
+            if k**size <= min(self.max_enumeration, MAX_ENUMERATION):
+                return Enum()
+        return Reinforce(leave_one_out() if particles >= 2 else no_baseline())
+
+
+def reparam() -> Strategy:
+    """Pathwise (reparameterization) strategy; see :class:`Reparam`."""
+    return Reparam()
+
+
+def reinforce(baseline: Baseline | None = None) -> Strategy:
+    """Score-function strategy with an optional baseline; see :class:`Reinforce`."""
+    return Reinforce(baseline if baseline is not None else no_baseline())
+
+
+def enum() -> Strategy:
+    """Exact enumeration strategy; see :class:`Enum`."""
+    return Enum()
+
+
+def mvd() -> Strategy:
+    """Measure-valued derivative strategy; see :class:`MVD`."""
+    return MVD()
+
+
+def auto(max_enumeration: int = 64) -> Strategy:
+    """The default policy; see :class:`Auto`."""
+    return Auto(max_enumeration)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import equinox as eqx
@@ -86,7 +87,7 @@ def joint_support(addr: Address, d: nd.Distribution) -> jax.Array:
     per_element = d.enumerate_support(expand=False)  # (k,) + (1,)*batch + event
     k = per_element.shape[0]
     batch = tuple(d.batch_shape)
-    size = int(jnp.prod(jnp.array(batch))) if batch else 1
+    size = math.prod(batch)
     if k**size > MAX_ENUMERATION:
         raise ValueError(
             f"{where}: the joint support has {k}**{size} values, more than "

@@ -16,10 +16,12 @@ same random numbers for the later ones).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions as nd
 
 from ppl._choice_map import Address, format_address
@@ -113,14 +115,39 @@ class Reinforce(Strategy):
 
     Its gradient is ``(k − b) ∇θ log p(x; θ)`` with ``k`` the downstream cost
     (causal Rao-Blackwellization: only costs produced after the site) and ``b``
-    a baseline independent of ``x``. Unbiased for every distribution.
+    a baseline independent of ``x``. Unbiased for every distribution whose
+    support does not depend on θ; a site whose support bounds are traced (for
+    example ``Uniform(low, high)`` with learned bounds) is rejected, since the
+    score function misses the boundary term there.
     """
 
     baseline: Baseline = dataclasses.field(default_factory=no_baseline)
 
+    def check(self, address: Address, d: nd.Distribution) -> None:
+        if _support_depends_on_inputs(d):
+            raise ValueError(
+                f"reinforce at address '{format_address(address)}': the support of {name(d)} "
+                "depends on traced parameters, and the score function misses the boundary "
+                "term of such a gradient; use reparam there"
+            )
+
     def surrogate(self, site: Site) -> jax.Array:
         lp = site.log_prob
         return jnp.sum(sg(site.downstream - site.baseline) * (lp - sg(lp)))
+
+
+def _support_depends_on_inputs(d: nd.Distribution) -> bool:
+    """True if the support's bounds are traced values (they may depend on θ)."""
+    support = d.support
+    for attr in ("lower_bound", "upper_bound"):
+        bound = getattr(support, attr, None)
+        if bound is None:
+            continue
+        try:
+            np.asarray(bound)
+        except jax.errors.TracerArrayConversionError:
+            return True
+    return False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,7 +236,7 @@ class Auto(Strategy):
             return Reparam()
         if not in_block and getattr(d, "has_enumerate_support", False):
             k = d.enumerate_support(expand=False).shape[0]
-            size = int(jnp.prod(jnp.array(d.batch_shape))) if d.batch_shape else 1
+            size = math.prod(d.batch_shape)
             if k**size <= min(self.max_enumeration, MAX_ENUMERATION):
                 return Enum()
         return Reinforce(leave_one_out() if particles >= 2 else no_baseline())

@@ -77,16 +77,26 @@ class Handler:
     def sample(self, addr: Address, d: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def block_inputs(self, addr: Address, size: int, own: set[Address] | None) -> Any:  # pragma: no cover
+    def block_inputs(
+        self, addr: Address, size: int, own: Callable[[], set[Address] | None]
+    ) -> Any:  # pragma: no cover
         """Per-element inputs (leading axis ``size``) for a block at ``addr``.
 
-        ``own`` is the set of the block's relative addresses when the block has
-        no address of its own, else ``None`` (everything under ``addr``).
+        ``own()`` gives the set of the block's relative addresses when the block
+        has no address of its own, else ``None`` (everything under ``addr``);
+        it costs an abstract trace, so call it only when values are given.
         """
         raise NotImplementedError
 
     def child(self, inputs: Any) -> Handler:  # pragma: no cover
         """A handler for one element of a block, given its slice of the inputs."""
+        raise NotImplementedError
+
+    def discovery_child(self, key: jax.Array) -> Handler:  # pragma: no cover
+        """A handler that just draws, used to find a block's addresses."""
+        raise NotImplementedError
+
+    def sampled_addresses(self) -> set[Address]:  # pragma: no cover
         raise NotImplementedError
 
     def records(self) -> tuple[Any, Any]:  # pragma: no cover
@@ -117,7 +127,9 @@ def run_block(
     base = handler._prefix + addr
     # A block without its own address shares its parent's namespace: find
     # which addresses are its own before slicing the parent's inputs.
-    own = None if addr else _discover_addresses(traced, size)
+    def own() -> set[Address] | None:
+        return None if addr else _discover_addresses(handler, traced, size)
+
     inputs = handler.block_inputs(base, size, own)
     static_box: list[Any] = []
 
@@ -134,22 +146,21 @@ def run_block(
     return out
 
 
-def _discover_addresses(traced: Callable[[Any, Callable[..., Any]], Any], size: int) -> set[Address]:
+def _discover_addresses(
+    handler: Handler, traced: Callable[[Any, Callable[..., Any]], Any], size: int
+) -> set[Address]:
     """The relative addresses a block samples, found by an abstract trace."""
-    from ppl._interpreter import Interpreter
-
     found: list[set[Address]] = []
 
     def run() -> None:
-        def element(element_inputs: Any, thunk: Callable[[], Any]) -> tuple[Any, Any]:
-            child = Interpreter(element_inputs, {}, "discover")
+        def element(element_key: Any, thunk: Callable[[], Any]) -> tuple[Any, Any]:
+            child = handler.discovery_child(element_key)
             with child:
                 out = thunk()
-            found.append(set(child.choices))
+            found.append(child.sampled_addresses())
             return out, ()
 
-        with Interpreter(jax.random.key(0), {}, "discover"):
-            traced(jax.random.split(jax.random.key(0), size), element)
+        traced(jax.random.split(jax.random.key(0), size), element)
 
     jax.eval_shape(run)
     return found[-1]

@@ -65,11 +65,12 @@ class Interpreter(Handler):
         self.score = self.score + lp
         return value
 
-    def block_inputs(self, base: Address, size: int, own: set[Address] | None) -> Any:
+    def block_inputs(self, base: Address, size: int, own: Any) -> Any:
         keys = None if self.key is None else jax.random.split(self.next_key(), size)
         given = subtree(self.constraints, base)
-        if own is not None:
-            given = {a: v for a, v in given.items() if a in own}
+        owned = own() if given else None
+        if owned is not None:
+            given = {a: v for a, v in given.items() if a in owned}
         for a, v in given.items():
             shape = jnp.shape(v)
             if not shape or shape[0] != size:
@@ -82,6 +83,12 @@ class Interpreter(Handler):
     def child(self, inputs: Any) -> Interpreter:
         keys, given = inputs
         return Interpreter(keys, given, self.role, self.base + self._prefix)
+
+    def discovery_child(self, key: jax.Array) -> Interpreter:
+        return Interpreter(key, {}, "discover")
+
+    def sampled_addresses(self) -> set[Address]:
+        return set(self.choices)
 
     def records(self) -> tuple[Any, Any]:
         self.check_all_used()

@@ -115,7 +115,8 @@ class Expectation:
             )
         result = run_scope(self.fn, args, handler.next_key(), {}, handler.config, handler.in_block)
         handler.aux.extend(result.aux)
-        return result.surrogate
+        # The plain Monte Carlo value, with the estimator's gradient.
+        return result.value + result.surrogate - sg(result.surrogate)
 
 
 def expectation(fn: Callable[..., Any]) -> Expectation:

@@ -168,15 +168,22 @@ class EstimatorHandler(Handler):
         self.entries.append(CostEntry(cost))
 
     # -- block protocol ----------------------------------------------------------
-    def block_inputs(self, base: Address, size: int, own: set[Address] | None) -> Any:
+    def block_inputs(self, base: Address, size: int, own: Any) -> Any:
         given = subtree(self.subst, base)
-        if own is not None:
-            given = {a: v for a, v in given.items() if a in own}
+        owned = own() if given else None
+        if owned is not None:
+            given = {a: v for a, v in given.items() if a in owned}
         return jax.random.split(self.next_key(), size), given
 
     def child(self, inputs: Any) -> EstimatorHandler:
         keys, given = inputs
         return EstimatorHandler(keys, given, self.config, in_block=True)
+
+    def discovery_child(self, key: jax.Array) -> EstimatorHandler:
+        return EstimatorHandler(key, {}, dataclasses.replace(self.config, plain=True), True)
+
+    def sampled_addresses(self) -> set[Address]:
+        return set(site_values(self.entries))
 
     def records(self) -> tuple[Any, Any]:
         choices, score = {}, jnp.zeros(())
@@ -196,8 +203,6 @@ class EstimatorHandler(Handler):
 
     def absorb(self, base: Address, kind: str, arrays: Any, static: Any) -> None:
         entry_arrays, choices, score, aux = arrays
-        rel = base[len(self._prefix) :]
-        del rel
         for a in choices:
             self.claim_full(base + a, kind)
         entries = join(entry_arrays, static, base)
@@ -211,6 +216,9 @@ class EstimatorHandler(Handler):
 
 @dataclasses.dataclass
 class ScopeResult:
+    """``value``: the plain Monte Carlo value; ``surrogate``: its gradient is the
+    estimator (its value is an unbiased, possibly Rao-Blackwellized, estimate)."""
+
     value: jax.Array
     surrogate: jax.Array
     aux: Aux
@@ -244,12 +252,13 @@ def run_scope(
     entries = handler.entries
     aux = handler.aux
     costs = _cost_sum(entries)
-    rest = jnp.zeros(())
+    rest = sampled_rest = jnp.zeros(())
     if replaced:
         site = entries[-1]
         view = _site_view(program, args, key, subst, config, entries, len(entries) - 1, aux)
         rest = site.strategy.rest(view)
-    value = sg(costs) + sg(rest)
+        sampled_rest = view.continuation_value(site.value[None])[0]
+    value = sg(costs) + sampled_rest
     surrogate = costs + rest
     if config.plain:
         return ScopeResult(value, surrogate, aux, entries)

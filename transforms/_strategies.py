@@ -65,8 +65,10 @@ class Strategy:
 
     Subclasses override :meth:`draw` and one of :meth:`surrogate` (a zero-valued
     term added to the scope's surrogate) or, with ``replaces_continuation = True``,
-    :meth:`rest` (the surrogate of the whole rest of the scope, which replaces
-    the sampled continuation; its value must stay the Monte Carlo value).
+    :meth:`rest` (a surrogate for the whole rest of the scope, which replaces the
+    sampled continuation: its gradient must be unbiased for the gradient of the
+    rest's expectation, and its value unbiased for that expectation). The value
+    the estimator reports is always the plain Monte Carlo value.
     """
 
     replaces_continuation = False
@@ -154,8 +156,9 @@ def _support_depends_on_inputs(d: nd.Distribution) -> bool:
 class Enum(Strategy):
     """Exact enumeration: the rest of the scope becomes Σ_v p(v; θ) k(v).
 
-    The gradient is exact over the site (∇ Σ_v p(v) k(v)); the reported value
-    stays the Monte Carlo value k(x) at the drawn x. Batched sites enumerate
+    The gradient is exact over the site (∇ Σ_v p(v) k(v)), and so is the value
+    of the surrogate (later sites' downstream costs use it); the estimator still
+    reports the plain Monte Carlo value k(x) at the drawn x. Batched sites enumerate
     the joint support (at most ``MAX_ENUMERATION`` values). Costs one
     continuation per value.
     """
@@ -168,14 +171,8 @@ class Enum(Strategy):
 
     def rest(self, site: Site) -> jax.Array:
         values = joint_support(site.address, site.dist)
-        log_weights = jax.vmap(lambda v: jnp.sum(site.dist.log_prob(v)))(values)
-        weights = jnp.exp(log_weights)
-        rests = site.continuation(values, weights)
-        axes = tuple(range(1, values.ndim))
-        drawn = jnp.all(values == site.value, axis=axes) if axes else values == site.value
-        sampled = jnp.sum(jnp.where(drawn, rests, 0.0))
-        total = jnp.sum(weights * rests)
-        return sg(sampled) + total - sg(total)
+        weights = jnp.exp(jax.vmap(lambda v: jnp.sum(site.dist.log_prob(v)))(values))
+        return jnp.sum(weights * site.continuation(values, weights))
 
 
 @dataclasses.dataclass(frozen=True)

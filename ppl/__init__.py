@@ -7,6 +7,7 @@ the estimator machinery is :mod:`ppl.transforms`; applications are
 
 from ppl._choice_map import Address, ChoiceMap, as_address, flatten, merge, unflatten
 from ppl._combinators import VmapGenerativeFunction, scan, vmap
+from ppl._distributions import set_runtime_checks
 from ppl._gen import GenerativeFunction, Trace, gen, sample
 from ppl._tfp import TFPDistribution
 
@@ -23,6 +24,7 @@ __all__ = [
     "merge",
     "sample",
     "scan",
+    "set_runtime_checks",
     "unflatten",
     "vmap",
 ]

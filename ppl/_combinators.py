@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 
@@ -14,7 +15,12 @@ from ppl._handlers import Handler, current, run_block
 class VmapGenerativeFunction(GenerativeFunction):
     """``n`` independent copies of a generative function; choices gain a leading axis."""
 
-    def __init__(self, inner: GenerativeFunction, in_axes: int | None | Sequence[int | None], axis_size: int | None):
+    def __init__(
+        self,
+        inner: GenerativeFunction,
+        in_axes: int | Sequence[int | None] | None,
+        axis_size: int | None,
+    ):
         if not isinstance(inner, GenerativeFunction):
             raise TypeError(f"ppl.vmap expects a generative function, got {type(inner).__name__}")
         self.inner = inner
@@ -59,7 +65,7 @@ class VmapGenerativeFunction(GenerativeFunction):
 
 def vmap(
     g: GenerativeFunction,
-    in_axes: int | None | Sequence[int | None] = 0,
+    in_axes: int | Sequence[int | None] | None = 0,
     axis_size: int | None = None,
 ) -> VmapGenerativeFunction:
     """Independent copies of ``g`` (a plate): ``ppl.sample("xs", ppl.vmap(g), args)``.

@@ -17,6 +17,20 @@ from ppl._choice_map import Address, format_address
 #: Joint supports larger than this are not enumerated.
 MAX_ENUMERATION = 4096
 
+_RUNTIME_CHECKS = [True]
+
+
+def set_runtime_checks(enabled: bool) -> None:
+    """Turn the in-program support checks of traced values on (default) or off.
+
+    Concrete values given to ``assess``/``generate``/``density`` are always
+    checked at trace time. Traced values (e.g. data passed into a jitted step)
+    can only be checked inside the compiled program (``equinox.error_if``),
+    which costs a conditional and, on accelerators, a host synchronization per
+    check. Turn it off in tuned training loops once the data are validated.
+    """
+    _RUNTIME_CHECKS[0] = bool(enabled)
+
 
 def as_distribution(d: Any, addr: Address) -> nd.Distribution:
     """Return ``d`` as a NumPyro distribution, adapting TFP-on-JAX distributions."""
@@ -58,13 +72,18 @@ def check_value(addr: Address, d: nd.Distribution, value: Any, role: str) -> jax
             f"distribution's batch+event shape {expected}"
         )
     support = d.support
-    if support is constraints.real or support is constraints.real_vector:
+    base = support
+    while isinstance(base, constraints.independent):
+        base = base.base_constraint
+    if base is constraints.real or base is constraints.real_vector:
         return value
     message = f"{where}: {role} is outside the support ({support})"
     ok = support(value)
     try:
         concrete = bool(jnp.all(ok))
     except jax.errors.ConcretizationTypeError:
+        if not _RUNTIME_CHECKS[0]:
+            return value
         return eqx.error_if(value, ~jnp.all(ok), message)
     if not concrete:
         raise ValueError(message)

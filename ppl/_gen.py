@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 
@@ -28,7 +29,6 @@ class Trace:
     choices: ChoiceMap
     retval: Any
     score: jax.Array
-
 
 
 class GenerativeFunction:
@@ -73,9 +73,7 @@ class GenerativeFunction:
         retval = self._interpret(handler, args)
         return handler.score, retval
 
-    def generate(
-        self, key: jax.Array, constraints: ChoiceMap, *args: Any
-    ) -> tuple[Trace, jax.Array]:
+    def generate(self, key: jax.Array, constraints: ChoiceMap, *args: Any) -> tuple[Trace, jax.Array]:
         """Importance step: constrained choices fixed, the rest drawn from the program.
 
         Returns the trace and the log weight ``log p(constraints | drawn choices)``,

@@ -13,7 +13,8 @@ handler inside the traced body, and absorbs the child's stacked records.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 
@@ -125,6 +126,7 @@ def run_block(
     handler = current()
     assert handler is not None, "run_block needs an active handler"
     base = handler._prefix + addr
+
     # A block without its own address shares its parent's namespace: find
     # which addresses are its own before slicing the parent's inputs.
     def own() -> set[Address] | None:

@@ -28,7 +28,7 @@ class TFPDistribution(nd.Distribution):
         self.tfp_dist = tfp_dist
         self.display_name = f"tfp.{type(tfp_dist).__name__}"
         kind = str(tfp_dist.reparameterization_type)
-        self.has_rsample = "FULLY_REPARAMETERIZED" in kind
+        self._reparameterized = "FULLY_REPARAMETERIZED" in kind
         dtype = jnp.dtype(tfp_dist.dtype)
         self._discrete = bool(jnp.issubdtype(dtype, jnp.integer)) or _is_discrete_tfp(tfp_dist)
         super().__init__(
@@ -36,6 +36,10 @@ class TFPDistribution(nd.Distribution):
             event_shape=tuple(tfp_dist.event_shape),
             validate_args=False,
         )
+
+    @property
+    def has_rsample(self) -> bool:
+        return self._reparameterized
 
     @property
     def support(self) -> constraints.Constraint:

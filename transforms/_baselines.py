@@ -18,7 +18,8 @@ independent of the site's own draw ``x`` given the past, since
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+from ppl.transforms._baselines import leave_one_out_mean
+from ppl.transforms._scope import Aux, Config, EstimatorHandler, run_scope
+from ppl.transforms._strategies import Strategy, auto
 
 from ppl._choice_map import Address, as_address, format_address, unflatten
 from ppl._gen import GenerativeFunction, Trace
 from ppl._handlers import current
-from ppl.transforms._baselines import leave_one_out_mean
-from ppl.transforms._scope import Aux, Config, EstimatorHandler, run_scope
-from ppl.transforms._strategies import Strategy, auto
 
 sg = jax.lax.stop_gradient
 
@@ -186,8 +187,7 @@ class Estimator:
         unknown = sorted(set(self.strategies) - config.used)
         if unknown:
             raise ValueError(
-                f"strategies: no sample site at address '{format_address(unknown[0])}' in "
-                f"{self.objective!r}"
+                f"strategies: no sample site at address '{format_address(unknown[0])}' in {self.objective!r}"
             )
 
     def _run(self, key: jax.Array, args: tuple, state: Any) -> tuple[jax.Array, jax.Array, Any, Config]:

@@ -12,14 +12,11 @@ same keys (hence the same later random numbers).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-
-from ppl._choice_map import Address, format_address, subtree
-from ppl._distributions import name, site_log_prob
-from ppl._handlers import Handler
 from ppl.transforms._ledger import (
     BlockEntry,
     CostEntry,
@@ -31,6 +28,10 @@ from ppl.transforms._ledger import (
     total,
 )
 from ppl.transforms._strategies import Auto, Site, Strategy
+
+from ppl._choice_map import Address, format_address, subtree
+from ppl._distributions import name, site_log_prob
+from ppl._handlers import Handler
 
 sg = jax.lax.stop_gradient
 

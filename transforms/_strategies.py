@@ -17,18 +17,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as nd
-
-from ppl._choice_map import Address, format_address
-from ppl._distributions import MAX_ENUMERATION, is_discrete, joint_support, name
 from ppl.transforms import _weak_derivatives
 from ppl.transforms._baselines import Baseline, leave_one_out
 from ppl.transforms._baselines import none as no_baseline
+
+from ppl._choice_map import Address, format_address
+from ppl._distributions import MAX_ENUMERATION, is_discrete, joint_support, name
 
 sg = jax.lax.stop_gradient
 

@@ -139,9 +139,7 @@ def to_float(theta):
     return jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), theta)
 
 
-@pytest.mark.parametrize(
-    ("strategy", "case"), [(s, c) for s, cases in COVERAGE.items() for c in cases]
-)
+@pytest.mark.parametrize(("strategy", "case"), [(s, c) for s, cases in COVERAGE.items() for c in cases])
 def test_gradient_is_unbiased(strategy: str, case: str) -> None:
     make_dist, f, exact, theta = CASES[case]
     theta = to_float(theta)

@@ -13,6 +13,7 @@ handler inside the traced body, and absorbs the child's stacked records.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +29,7 @@ def current() -> Handler | None:
     return _STACK[-1] if _STACK else None
 
 
-class Handler:
+class Handler(abc.ABC):
     """Base class: address bookkeeping, nesting and the block protocol."""
 
     def __init__(self) -> None:
@@ -75,38 +76,41 @@ class Handler:
             self._prefix = saved
 
     # -- what subclasses define ------------------------------------------------
-    def sample(self, addr: Address, d: Any) -> Any:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def sample(self, addr: Address, d: Any) -> Any: ...
 
-    def block_inputs(
-        self, addr: Address, size: int, own: Callable[[], set[Address] | None]
-    ) -> Any:  # pragma: no cover
+    @abc.abstractmethod
+    def block_inputs(self, addr: Address, size: int, own: Callable[[], set[Address] | None]) -> Any:
         """Per-element inputs (leading axis ``size``) for a block at ``addr``.
 
         ``own()`` gives the set of the block's relative addresses when the block
         has no address of its own, else ``None`` (everything under ``addr``);
         it costs an abstract trace, so call it only when values are given.
         """
-        raise NotImplementedError
+        ...
 
-    def child(self, inputs: Any) -> Handler:  # pragma: no cover
+    @abc.abstractmethod
+    def child(self, inputs: Any) -> Handler:
         """A handler for one element of a block, given its slice of the inputs."""
-        raise NotImplementedError
+        ...
 
-    def discovery_child(self, key: jax.Array) -> Handler:  # pragma: no cover
+    @abc.abstractmethod
+    def discovery_child(self, key: jax.Array) -> Handler:
         """A handler that just draws, used to find a block's addresses."""
-        raise NotImplementedError
+        ...
 
-    def sampled_addresses(self) -> set[Address]:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def sampled_addresses(self) -> set[Address]: ...
 
-    def records(self) -> tuple[Any, Any]:  # pragma: no cover
+    @abc.abstractmethod
+    def records(self) -> tuple[Any, Any]:
         """``(arrays, static)``: what a child returns through the traced body."""
-        raise NotImplementedError
+        ...
 
-    def absorb(self, addr: Address, kind: str, arrays: Any, static: Any) -> None:  # pragma: no cover
+    @abc.abstractmethod
+    def absorb(self, addr: Address, kind: str, arrays: Any, static: Any) -> None:
         """Merge a block's stacked child records at ``addr``."""
-        raise NotImplementedError
+        ...
 
 
 def run_block(

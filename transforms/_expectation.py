@@ -12,7 +12,7 @@ from ppl.transforms._baselines import leave_one_out_mean
 from ppl.transforms._scope import Aux, Config, EstimatorHandler, run_scope
 from ppl.transforms._strategies import Strategy, auto
 
-from ppl._choice_map import Address, as_address, format_address, unflatten
+from ppl._choice_map import Address, ChoiceMap, as_address, flatten, format_address, unflatten
 from ppl._gen import GenerativeFunction, Trace
 from ppl._handlers import current
 
@@ -26,30 +26,91 @@ def _handler(what: str) -> EstimatorHandler:
     return handler
 
 
-def sim(g: GenerativeFunction, *args: Any) -> Trace:
-    """Sample a trace of ``g`` inside an objective; each site follows its strategy.
+def _run_frame(
+    handler: EstimatorHandler,
+    g: GenerativeFunction,
+    args: tuple,
+    observed: dict[Address, Any] | None = None,
+    select: tuple[Address, ...] | None = None,
+) -> tuple[Trace, jax.Array, jax.Array]:
+    """Run ``g`` under ``handler`` at its current prefix, recording a frame.
 
-    The trace's ``score`` is ``log g(choices; args)``, differentiable in the
-    parameters (and in the choices of reparameterized sites).
+    Returns the trace (addresses relative to the prefix), the log density of the
+    ``observed`` sites, and the log density of the sites under ``select``.
     """
-    handler = _handler("sim")
-    if not isinstance(g, GenerativeFunction):
-        raise TypeError(f"sim expects a generative function, got {type(g).__name__}")
-    frame: dict[str, Any] = {"choices": {}, "score": jnp.zeros(())}
+    prefix = handler._prefix
+    observed_full = {prefix + a: v for a, v in (observed or {}).items()}
+    clash = set(observed_full) & set(handler.observed)
+    if clash:
+        raise ValueError(f"generate: address '{format_address(min(clash))}' is constrained twice")
+    frame: dict[str, Any] = {
+        "choices": {},
+        "score": jnp.zeros(()),
+        "weight": jnp.zeros(()),
+        "select": None if select is None else tuple(prefix + a for a in select),
+        "selected": jnp.zeros(()),
+    }
     handler.frames.append(frame)
+    handler.observed.update(observed_full)
     try:
         retval = g.invoke(handler, (), args)
     finally:
         handler.frames.remove(frame)
-    prefix = handler._prefix
+        for a in observed_full:
+            handler.observed.pop(a, None)
+    missing = sorted(set(observed_full) - set(frame["choices"]))
+    if missing:
+        raise ValueError(
+            f"generate: the choice map has address '{format_address(missing[0][len(prefix) :])}', "
+            f"which {g!r} never samples"
+        )
     choices = {a[len(prefix) :]: v for a, v in frame["choices"].items()}
-    return Trace(unflatten(choices), retval, frame["score"])
+    return Trace(unflatten(choices), retval, frame["score"]), frame["weight"], frame["selected"]
 
 
-def density(g: GenerativeFunction, choices: dict, *args: Any) -> jax.Array:
-    """``log g(choices; args)``: every address of ``g`` must be given, and no other."""
+def _check_gen(g: Any, what: str) -> None:
     if not isinstance(g, GenerativeFunction):
-        raise TypeError(f"density expects a generative function, got {type(g).__name__}")
+        raise TypeError(f"{what} expects a generative function, got {type(g).__name__}")
+
+
+def sim(g: GenerativeFunction, *args: Any) -> Trace:
+    """Sample a trace of ``g`` inside an objective; each site follows its strategy.
+
+    The trace's ``score`` is ``log g(choices; args)``, differentiable in the
+    parameters (and in the choices of reparameterized sites). For a generative
+    function with an estimated density (:func:`marginal`, :func:`normalize`)
+    ``-score`` is the log of an unbiased estimate of the *reciprocal* density.
+    """
+    handler = _handler("sim")
+    _check_gen(g, "sim")
+    return _run_frame(handler, g, args)[0]
+
+
+def generate(g: GenerativeFunction, constraints: ChoiceMap, *args: Any) -> tuple[Trace, jax.Array]:
+    """Importance step inside an objective: constrained choices fixed, the others sampled.
+
+    Returns ``(trace, log_weight)``: the unconstrained sites are drawn from the
+    program itself (each by its strategy), and ``log_weight`` is the sum of the
+    constrained sites' log densities, ``log g(constraints | other choices)``:
+    ``E[exp(log_weight)]`` is the marginal density of the constraints.
+    """
+    handler = _handler("generate")
+    _check_gen(g, "generate")
+    trace, weight, _ = _run_frame(handler, g, args, observed=flatten(constraints))
+    return trace, weight
+
+
+def density(g: GenerativeFunction, choices: ChoiceMap, *args: Any) -> jax.Array:
+    """``log g(choices; args)``: every address of ``g`` must be given, and no other.
+
+    For a generative function with an estimated density (:func:`marginal`,
+    :func:`normalize`) this is the log of an unbiased estimate of the density,
+    computed with sample sites of the enclosing objective (so only inside one).
+    """
+    _check_gen(g, "density")
+    estimated = getattr(g, "density_in_objective", None)
+    if estimated is not None:
+        return estimated(_handler("density of an estimated-density generative function"), choices, args)
     return g.assess(choices, *args)[0]
 
 
@@ -88,9 +149,18 @@ class Expectation:
         particles: int = 1,
         argnums: int | tuple[int, ...] = 0,
         jit: bool = True,
+        in_axes: Any = None,
+        reduce: str = "mean",
     ) -> Estimator:
-        """A gradient estimator with per-address ``strategies`` (others use ``default``)."""
-        return Estimator(self, strategies or {}, default or auto(), particles, argnums, jit)
+        """A gradient estimator with per-address ``strategies`` (others use ``default``).
+
+        ``in_axes`` (as in ``jax.vmap``, one entry per argument) runs the
+        objective once per datum of a batch, each with its own key, and reduces
+        the values with ``reduce`` (``"mean"`` or ``"sum"``).
+        """
+        return Estimator(
+            self, strategies or {}, default or auto(), particles, argnums, jit, in_axes=in_axes, reduce=reduce
+        )
 
     @property
     def default_estimator(self) -> Estimator:
@@ -166,9 +236,16 @@ class Estimator:
         particles: int,
         argnums: int | tuple[int, ...],
         jit: bool,
+        in_axes: Any = None,
+        reduce: str = "mean",
     ):
         if particles < 1:
             raise ValueError(f"particles must be >= 1, got {particles}")
+        if reduce not in ("mean", "sum"):
+            raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
+        if in_axes is not None and not isinstance(in_axes, tuple):
+            raise TypeError(f"in_axes must be a tuple with one entry per argument, got {in_axes!r}")
+        self.in_axes, self.reduce = in_axes, reduce
         for s in (*strategies.values(), default):
             if not isinstance(s, Strategy):
                 raise TypeError(f"strategies must be Strategy objects, got {s!r}")
@@ -192,31 +269,49 @@ class Estimator:
 
     def _run(self, key: jax.Array, args: tuple, state: Any) -> tuple[jax.Array, jax.Array, Any, Config]:
         config = self._config(args, state)
-        fn = self.objective.fn
-        if self.particles == 1:
-            result = run_scope(fn, args, key, {}, config)
-            value, surrogate, aux = result.value, result.surrogate, result.aux
+        if self.in_axes is None:
+            value, surrogate, aux = self._run_one(key, args, config)
         else:
-            keys = jax.random.split(key, self.particles)
-
-            def one(k: jax.Array) -> tuple[jax.Array, jax.Array, Aux]:
-                r = run_scope(fn, args, k, {}, config)
-                return r.value, r.surrogate, r.aux
-
-            values, surrogates, aux = jax.vmap(one)(keys)
-            value, surrogate = jnp.mean(values), jnp.mean(surrogates)
-            for w, lp, d in aux.deferred:
-                b = leave_one_out_mean(d, axis=0)
-                surrogate = surrogate + jnp.sum(w * sg(d - b) * (lp - sg(lp))) / self.particles
+            size = _batch_size(args, self.in_axes)
+            keys = jax.random.split(key, size)
+            values, surrogates, aux = jax.vmap(
+                lambda k, a: self._run_one(k, a, config), in_axes=(0, self.in_axes)
+            )(keys, args)
+            reduce = jnp.mean if self.reduce == "mean" else jnp.sum
+            value, surrogate = reduce(values), reduce(surrogates)
         self._check_addresses(config)
         new_state = self._update_state(config, state, aux, args)
         return value, surrogate, new_state, config
+
+    def _run_one(self, key: jax.Array, args: tuple, config: Config) -> tuple[jax.Array, jax.Array, Aux]:
+        """One datum: ``particles`` independent runs, leave-one-out terms finished."""
+        fn = self.objective.fn
+        if self.particles == 1:
+            result = run_scope(fn, args, key, {}, config)
+            return result.value, result.surrogate, result.aux
+        keys = jax.random.split(key, self.particles)
+
+        def one(k: jax.Array) -> tuple[jax.Array, jax.Array, Aux]:
+            r = run_scope(fn, args, k, {}, config)
+            return r.value, r.surrogate, r.aux
+
+        values, surrogates, aux = jax.vmap(one)(keys)
+        value, surrogate = jnp.mean(values), jnp.mean(surrogates)
+        for w, lp, d in aux.deferred:
+            b = leave_one_out_mean(d, axis=0)
+            surrogate = surrogate + jnp.sum(w * sg(d - b) * (lp - sg(lp))) / self.particles
+        return value, surrogate, Aux([], aux.stats)
 
     def _update_state(self, config: Config, state: Any, aux: Aux, args: tuple) -> Any:
         if state is None:
             return None
         new_state = dict(state)
         for address, baseline in config.stateful.items():
+            if self.in_axes is not None and hasattr(baseline, "optimizer"):
+                raise ValueError(
+                    f"address '{address}': learned baselines are not available with in_axes batching yet; "
+                    "use running_average or leave_one_out"
+                )
             ds = [d for a, d in aux.stats if a == address]
             if ds:
                 new_state[address] = baseline.update(state[address], ds, args)
@@ -266,12 +361,11 @@ class Estimator:
 
     def _run_for_init(self, config: Config, args: tuple) -> None:
         key = jax.random.key(0)
-        if self.particles == 1:
-            run_scope(self.objective.fn, args, key, {}, config)
+        if self.in_axes is None:
+            self._run_one(key, args, config)
         else:
-            jax.vmap(lambda k: run_scope(self.objective.fn, args, k, {}, config).value)(
-                jax.random.split(key, self.particles)
-            )
+            keys = jax.random.split(key, _batch_size(args, self.in_axes))
+            jax.vmap(lambda k, a: self._run_one(k, a, config)[0], in_axes=(0, self.in_axes))(keys, args)
 
     def value_and_grad(self, key: jax.Array, *args: Any, state: Any = None) -> Any:
         """``(value, grad)``, or ``((value, grad), new_state)`` when ``state`` is given."""
@@ -288,6 +382,20 @@ class Estimator:
     def estimate(self, key: jax.Array, *args: Any, state: Any = None) -> jax.Array:
         """The estimator's value: the plain Monte Carlo value for the same key."""
         return self._estimate(key, args, state)
+
+
+def _batch_size(args: tuple, in_axes: tuple) -> int:
+    if len(in_axes) != len(args):
+        raise ValueError(f"in_axes has {len(in_axes)} entries for {len(args)} arguments")
+    for arg, axes in zip(args, in_axes):
+        if axes is None:
+            continue
+        leaves = jax.tree_util.tree_leaves(arg)
+        axis_leaves = jax.tree_util.tree_leaves(axes) if not isinstance(axes, int) else [axes] * len(leaves)
+        for leaf, axis in zip(leaves, axis_leaves):
+            if axis is not None:
+                return jnp.shape(leaf)[axis]
+    raise ValueError("in_axes maps no argument: give at least one batched argument")
 
 
 class _InitState(dict):

@@ -30,7 +30,7 @@ from ppl.transforms._ledger import (
 from ppl.transforms._strategies import Auto, Site, Strategy
 
 from ppl._choice_map import Address, format_address, subtree
-from ppl._distributions import name, site_log_prob
+from ppl._distributions import check_value, name, site_log_prob
 from ppl._handlers import Handler
 
 sg = jax.lax.stop_gradient
@@ -130,20 +130,35 @@ class EstimatorHandler(Handler):
         self.entries: list[Any] = []
         self.frames: list[dict[str, Any]] = []
         self.aux = Aux()
+        # Constrained (observed) sites of ``generate`` calls, by full address;
+        # their log densities add to ``weight``.
+        self.observed: dict[Address, Any] = {}
+        self.weight = jnp.zeros(())
 
     def next_key(self) -> jax.Array:
         key = jax.random.fold_in(self.key, self.counter)
         self.counter += 1
         return key
 
-    def _record(self, address: Address, value: Any, lp: jax.Array) -> None:
+    def _record(self, address: Address, value: Any, lp: jax.Array, observed: bool = False) -> None:
         for frame in self.frames:
             frame["choices"][address] = value
             frame["score"] = frame["score"] + lp
+            if observed:
+                frame["weight"] = frame["weight"] + lp
+            if frame["select"] is not None and _selected(address, frame["select"]):
+                frame["selected"] = frame["selected"] + lp
 
     def sample(self, addr: Address, d: Any) -> Any:
         full = self.claim(addr, name(d))
         key = self.next_key()
+        if full in self.observed:
+            value = check_value(full, d, self.observed[full], "the value given to generate")
+            lp = site_log_prob(d, value)
+            self.entries.append(SiteEntry(full, None, value, lp))
+            self.weight = self.weight + lp
+            self._record(full, value, lp, observed=True)
+            return value
         if full in self.subst:
             value = self.subst[full]
             lp = site_log_prob(d, value)
@@ -171,14 +186,25 @@ class EstimatorHandler(Handler):
     # -- block protocol ----------------------------------------------------------
     def block_inputs(self, base: Address, size: int, own: Any) -> Any:
         given = subtree(self.subst, base)
-        owned = own() if given else None
+        observed = subtree(self.observed, base)
+        owned = own() if given or observed else None
         if owned is not None:
             given = {a: v for a, v in given.items() if a in owned}
-        return jax.random.split(self.next_key(), size), given
+            observed = {a: v for a, v in observed.items() if a in owned}
+        for a, v in observed.items():
+            shape = jnp.shape(v)
+            if not shape or shape[0] != size:
+                raise ValueError(
+                    f"generate: the value at address '{format_address(base + a)}' has shape {shape}, "
+                    f"but the combinator there has {size} elements (leading axis)"
+                )
+        return jax.random.split(self.next_key(), size), given, observed
 
     def child(self, inputs: Any) -> EstimatorHandler:
-        keys, given = inputs
-        return EstimatorHandler(keys, given, self.config, in_block=True)
+        keys, given, observed = inputs
+        child = EstimatorHandler(keys, given, self.config, in_block=True)
+        child.observed = observed
+        return child
 
     def discovery_child(self, key: jax.Array) -> EstimatorHandler:
         return EstimatorHandler(key, {}, dataclasses.replace(self.config, plain=True), True)
@@ -194,7 +220,7 @@ class EstimatorHandler(Handler):
                 score = score + e.log_prob
         self._fold_block_choices(self.entries, choices)
         arrays, static = split(self.entries)
-        return (arrays, choices, score, self.aux), static
+        return (arrays, choices, score, self.weight, self.aux), static
 
     @staticmethod
     def _fold_block_choices(entries: list[Any], choices: dict[Address, Any]) -> None:
@@ -203,16 +229,33 @@ class EstimatorHandler(Handler):
                 choices.update(site_values(e.entries))
 
     def absorb(self, base: Address, kind: str, arrays: Any, static: Any) -> None:
-        entry_arrays, choices, score, aux = arrays
+        entry_arrays, choices, score, weight, aux = arrays
         for a in choices:
             self.claim_full(base + a, kind)
         entries = join(entry_arrays, static, base)
         self.entries.append(BlockEntry(kind, base, entries))
+        weight = jnp.sum(weight)
+        self.weight = self.weight + weight
         for frame in self.frames:
             for a, v in choices.items():
                 frame["choices"][base + a] = v
             frame["score"] = frame["score"] + jnp.sum(score)
+            frame["weight"] = frame["weight"] + weight
+            if frame["select"] is not None:
+                inside = [_selected(base + a, frame["select"]) for a in choices]
+                if any(inside) and not all(inside):
+                    raise ValueError(
+                        f"the {kind} block at '{format_address(base)}' mixes selected and "
+                        "unselected addresses; select the whole block or none of it"
+                    )
+                if inside and inside[0]:
+                    frame["selected"] = frame["selected"] + jnp.sum(score)
         self.aux.extend(aux)
+
+
+def _selected(address: Address, selection: tuple[Address, ...]) -> bool:
+    """Whether ``address`` is one of ``selection`` or lies under one of them."""
+    return any(address[: len(s)] == s for s in selection)
 
 
 @dataclasses.dataclass

@@ -1,0 +1,325 @@
+"""Approximate marginalization and normalization (GenSP-style) with SIR.
+
+A :func:`marginal` of a generative function keeps some of its choices and
+integrates the others out *by estimation*: sampling it returns the kept choices
+with an unbiased estimate of the reciprocal of their marginal density, and its
+density is the log of an unbiased estimate of the marginal density. A
+:func:`normalize`\\ d model is an approximate posterior (sampling importance
+resampling) with the same two estimates of its own density. Both are
+generative functions, so objectives use them with :func:`~ppl.transforms.sim`
+and :func:`~ppl.transforms.density` like any other; every random number they
+draw is a sample site of the enclosing objective, with its own gradient
+strategy (hidden addresses ``_sir``, ``_resample``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpyro.distributions as dist
+from ppl.transforms._expectation import _check_gen, _handler, _run_frame, density, generate, sim
+from ppl.transforms._scope import Config, EstimatorHandler, run_scope
+from ppl.transforms._strategies import auto
+
+import ppl
+from ppl._choice_map import Address, ChoiceMap, as_address, flatten, format_address, merge, unflatten
+from ppl._gen import GenerativeFunction, Trace
+from ppl._handlers import Handler
+
+
+@dataclasses.dataclass(frozen=True)
+class SIR:
+    """Sampling importance resampling with ``particles`` particles.
+
+    ``proposal``: ``None`` for the program's own (internal) proposal, i.e. the
+    discarded choices drawn from the program with the kept ones fixed; or a
+    generative function over the discarded (latent) choices, called with
+    ``(kept_choices, *args)`` for :func:`marginal` and ``(observations, *args)``
+    for :func:`normalize`.
+    """
+
+    particles: int
+    proposal: GenerativeFunction | None = None
+
+
+def sir(particles: int, proposal: GenerativeFunction | None = None) -> SIR:
+    """SIR inference with ``particles`` particles; see :class:`SIR`."""
+    if not isinstance(particles, int) or particles < 1:
+        raise ValueError(f"sir: particles must be a positive int, got {particles!r}")
+    if proposal is not None:
+        _check_gen(proposal, "sir's proposal")
+    return SIR(particles, proposal)
+
+
+def _log_mean_exp(log_weights: jax.Array) -> jax.Array:
+    return jax.nn.logsumexp(log_weights) - math.log(log_weights.shape[0])
+
+
+def _hidden(handler: EstimatorHandler, name: str) -> Address:
+    """A fresh hidden address for one call's internal particles."""
+    count = getattr(handler, "_estimated_density_calls", 0)
+    handler._estimated_density_calls = count + 1
+    return (f"{name}{count}",) if count else (name,)
+
+
+def _split(choices: ChoiceMap, keep: tuple[Address, ...]) -> tuple[dict, dict]:
+    kept, rest = {}, {}
+    for a, v in flatten(choices).items():
+        (kept if any(a[: len(k)] == k for k in keep) else rest)[a] = v
+    return kept, rest
+
+
+class _EstimatedDensity(GenerativeFunction):
+    """A generative function whose density is estimated; runs only inside objectives
+    (or standalone through :meth:`simulate` and :meth:`estimate_logpdf`)."""
+
+    def invoke(self, handler: Handler, addr: Address, args: tuple) -> Any:
+        if not isinstance(handler, EstimatorHandler):
+            raise TypeError(
+                f"{self!r} has an estimated density: use it with sim/density inside an "
+                "@expectation objective, or call .simulate(key, ...) / .estimate_logpdf(key, ...)"
+            )
+        saved_frames, saved_prefix = handler.frames, handler._prefix
+        handler.frames, handler._prefix = [], saved_prefix + addr
+        try:
+            choices, retval, score = self.sim_in_objective(handler, args)
+        finally:
+            handler.frames, handler._prefix = saved_frames, saved_prefix
+        for frame in handler.frames:
+            for a, v in flatten(choices).items():
+                frame["choices"][saved_prefix + addr + a] = v
+            frame["score"] = frame["score"] + score
+        return retval
+
+    def sim_in_objective(self, handler: EstimatorHandler, args: tuple) -> tuple[ChoiceMap, Any, jax.Array]:
+        raise NotImplementedError
+
+    def density_in_objective(self, handler: EstimatorHandler, choices: ChoiceMap, args: tuple) -> jax.Array:
+        raise NotImplementedError
+
+    def assess(self, choices: ChoiceMap, *args: Any) -> tuple[jax.Array, Any]:
+        raise TypeError(
+            f"{self!r} has an estimated density, which needs random numbers: use "
+            ".estimate_logpdf(key, choices, *args), or density(...) inside an objective"
+        )
+
+    def generate(self, key: jax.Array, constraints: ChoiceMap, *args: Any) -> tuple[Trace, jax.Array]:
+        raise TypeError(f"{self!r} has an estimated density: generate is not available")
+
+    def simulate(self, key: jax.Array, *args: Any) -> Trace:
+        """Sample the kept choices; ``score`` is ``-log`` of the reciprocal-density estimate."""
+        box: list[Trace] = []
+
+        def program() -> jax.Array:
+            box.append(sim(self, *args))
+            return jnp.zeros(())
+
+        run_scope(program, (), key, {}, Config({}, auto(), 1, plain=True))
+        return box[0]
+
+    def estimate_logpdf(self, key: jax.Array, choices: ChoiceMap, *args: Any) -> jax.Array:
+        """The log of an unbiased estimate of the density at ``choices``."""
+        return run_scope(
+            lambda: density(self, choices, *args), (), key, {}, Config({}, auto(), 1, plain=True)
+        ).value
+
+
+class Marginal(_EstimatedDensity):
+    """``g`` with only the ``keep`` choices; the others integrated out by SIR.
+
+    With particles ``u_1..u_K`` of the discarded choices from the proposal ``q``
+    and weights ``w_k = g(x, u_k) / q(u_k; x)``:
+
+    * ``sim``: ``(x, u_1) ~ g`` jointly, ``u_2..u_K ~ q``; ``score = log(mean_k w_k)``,
+      so ``exp(-score)`` is an unbiased estimate of ``1 / g(x)``;
+    * ``density(x)``: ``u_1..u_K ~ q``; ``log(mean_k w_k)``, the log of an unbiased
+      estimate of ``g(x) = ∫ g(x, u) du``.
+
+    With the internal proposal (``q`` = the program with ``x`` fixed) the weight
+    is the density of the kept sites given the others.
+    """
+
+    def __init__(self, g: GenerativeFunction, keep: tuple[Address, ...], inference: SIR):
+        self.g, self.keep, self.inference = g, keep, inference
+        super().__init__(g.fn)
+
+    def __repr__(self) -> str:
+        kept = ", ".join(format_address(a) for a in self.keep)
+        return f"<marginal of {self.g!r} over {kept}>"
+
+    def _particle_weights(self, kept: dict, args: tuple, n: int) -> jax.Array:
+        proposal = self.inference.proposal
+        g = self.g
+        kept_map = unflatten(kept)
+
+        @ppl.gen
+        def particle() -> jax.Array:
+            if proposal is None:
+                return generate(g, kept_map, *args)[1]
+            tr = sim(proposal, kept_map, *args)
+            return density(g, merge(kept_map, tr.choices), *args) - tr.score
+
+        handler = _handler("marginal")
+        return ppl.sample(_hidden(handler, "_sir"), ppl.vmap(particle, in_axes=None, axis_size=n))
+
+    def sim_in_objective(self, handler: EstimatorHandler, args: tuple) -> tuple[ChoiceMap, Any, jax.Array]:
+        trace, _, kept_lp = _run_frame(handler, self.g, args, select=self.keep)
+        kept, rest = _split(trace.choices, self.keep)
+        self._check_kept(kept)
+        proposal = self.inference.proposal
+        if proposal is None:
+            first = kept_lp
+        else:
+            first = trace.score - density(proposal, unflatten(rest), unflatten(kept), *args)
+        log_weights = first[None]
+        if self.inference.particles > 1:
+            others = self._particle_weights(kept, args, self.inference.particles - 1)
+            log_weights = jnp.concatenate([log_weights, others])
+        return unflatten(kept), trace.retval, _log_mean_exp(log_weights)
+
+    def density_in_objective(self, handler: EstimatorHandler, choices: ChoiceMap, args: tuple) -> jax.Array:
+        kept = flatten(choices)
+        extra = sorted(a for a in kept if not any(a[: len(k)] == k for k in self.keep))
+        if extra:
+            raise ValueError(f"{self!r}: density got address '{format_address(extra[0])}', which is not kept")
+        saved = handler._prefix
+        handler._prefix = saved + _hidden(handler, "_marginal_density")
+        try:
+            return _log_mean_exp(self._particle_weights(kept, args, self.inference.particles))
+        finally:
+            handler._prefix = saved
+
+    def _check_kept(self, kept: dict) -> None:
+        for k in self.keep:
+            if not any(a[: len(k)] == k for a in kept):
+                raise ValueError(f"{self!r}: address '{format_address(k)}' is never sampled by {self.g!r}")
+
+
+def marginal(
+    g: GenerativeFunction, keep: Sequence[str | Address] | str, inference: SIR | None = None
+) -> Marginal:
+    """The marginal of ``g`` over the ``keep`` addresses, with the rest estimated out.
+
+    ``inference`` defaults to ``sir(1)``. ELBO over ``marginal(q, keep, sir(1))``
+    is hierarchical VI (HVI); IWELBO(1) over ``sir(m)`` is IWHVI(m), and
+    IWELBO(n) over ``sir(m)`` is DIWHVI(n, m).
+
+    Example:
+        >>> import jax, numpyro.distributions as dist, ppl
+        >>> from ppl import transforms as T
+        >>> @ppl.gen
+        ... def family(scale):
+        ...     u = ppl.sample("u", dist.Normal(0.0, 1.0))
+        ...     ppl.sample("x", dist.Normal(u, scale))
+        >>> q = T.marginal(family, keep=["x"], inference=T.sir(8))
+        >>> trace = q.simulate(jax.random.key(0), 0.5)
+        >>> sorted(trace.choices)
+        ['x']
+    """
+    _check_gen(g, "marginal")
+    keep_list = [keep] if isinstance(keep, (str, tuple)) else list(keep)
+    if not keep_list:
+        raise ValueError("marginal: keep at least one address")
+    return Marginal(g, tuple(as_address(k) for k in keep_list), inference or sir(1))
+
+
+class Normalized(_EstimatedDensity):
+    """The posterior of ``model`` given ``observations``, approximated by SIR.
+
+    With particles ``z_k`` from the proposal ``q`` and weights
+    ``w_k = p(z_k, obs) / q(z_k)``, ``Ẑ = mean_k w_k`` (an unbiased estimate of
+    ``p(obs)``):
+
+    * ``sim``: resample ``z = z_j`` with ``j ~ Categorical(w)`` (site ``_resample``);
+      ``score = log p(z, obs) - log Ẑ``, and ``exp(-score)`` is an unbiased
+      estimate of the reciprocal of the SIR density of ``z``;
+    * ``density(z)``: ``z_1 = z``, ``z_2..z_K ~ q``; ``log p(z, obs) - log Ẑ``, the log
+      of an unbiased estimate of the SIR density at ``z``.
+
+    As ``K`` grows the SIR distribution tends to the exact posterior.
+    """
+
+    def __init__(self, model: GenerativeFunction, observations: ChoiceMap, inference: SIR):
+        self.model, self.observations, self.inference = model, observations, inference
+        self._observed = tuple(flatten(observations))
+        super().__init__(model.fn)
+
+    def __repr__(self) -> str:
+        return f"<normalized {self.model!r}>"
+
+    def _particles(self, args: tuple, n: int) -> tuple[ChoiceMap, Any, jax.Array]:
+        """``n`` proposal particles: stacked latent choices, retvals, log weights."""
+        model, obs, proposal = self.model, self.observations, self.inference.proposal
+
+        @ppl.gen
+        def particle() -> tuple[ChoiceMap, Any, jax.Array]:
+            if proposal is None:
+                trace, weight = generate(model, obs, *args)
+                _, latents = _split(trace.choices, self._observed)
+                return unflatten(latents), trace.retval, weight
+            tr = sim(proposal, obs, *args)
+            joint = density(model, merge(obs, tr.choices), *args)
+            return tr.choices, None, joint - tr.score
+
+        handler = _handler("normalize")
+        return ppl.sample(_hidden(handler, "_sir"), ppl.vmap(particle, in_axes=None, axis_size=n))
+
+    def _first_weight(self, latents: ChoiceMap, args: tuple) -> jax.Array:
+        """The weight of a given latent value, as a particle of the proposal."""
+        joint = density(self.model, merge(self.observations, latents), *args)
+        if self.inference.proposal is None:
+            handler = _handler("normalize")
+            replay = flatten(merge(self.observations, latents))
+            return _run_frame(handler, self.model, args, observed=replay, select=self._observed)[2]
+        return joint - density(self.inference.proposal, latents, self.observations, *args)
+
+    def sim_in_objective(self, handler: EstimatorHandler, args: tuple) -> tuple[ChoiceMap, Any, jax.Array]:
+        latents, retvals, log_weights = self._particles(args, self.inference.particles)
+        index = ppl.sample("_resample", dist.Categorical(logits=log_weights))
+        chosen = jax.tree_util.tree_map(lambda v: v[index], latents)
+        retval = jax.tree_util.tree_map(lambda v: v[index], retvals)
+        joint = density(self.model, merge(self.observations, chosen), *args)
+        return chosen, retval, joint - _log_mean_exp(log_weights)
+
+    def density_in_objective(self, handler: EstimatorHandler, choices: ChoiceMap, args: tuple) -> jax.Array:
+        saved = handler._prefix
+        handler._prefix = saved + _hidden(handler, "_normalized_density")
+        try:
+            first = self._first_weight(choices, args)
+            log_weights = first[None]
+            if self.inference.particles > 1:
+                others = self._particles(args, self.inference.particles - 1)[2]
+                log_weights = jnp.concatenate([log_weights, others])
+            joint = density(self.model, merge(self.observations, choices), *args)
+            return joint - _log_mean_exp(log_weights)
+        finally:
+            handler._prefix = saved
+
+
+def normalize(model: GenerativeFunction, observations: ChoiceMap, inference: SIR | None = None) -> Normalized:
+    """The approximate posterior of ``model``'s other choices given ``observations``.
+
+    ``inference`` defaults to ``sir(1)`` (the prior, or the proposal). Use it as a
+    sampler (``sim``), as a target density inside objectives (``density``), or
+    standalone (``simulate``, ``estimate_logpdf``).
+
+    Example:
+        >>> import jax, numpyro.distributions as dist, ppl
+        >>> from ppl import transforms as T
+        >>> @ppl.gen
+        ... def model():
+        ...     z = ppl.sample("z", dist.Normal(0.0, 1.0))
+        ...     ppl.sample("x", dist.Normal(z, 0.5))
+        >>> posterior = T.normalize(model, {"x": 1.0}, T.sir(100))
+        >>> float(posterior.simulate(jax.random.key(0)).choices["z"]) > -5.0
+        True
+    """
+    _check_gen(model, "normalize")
+    if not flatten(observations):
+        raise ValueError("normalize: give at least one observed address")
+    return Normalized(model, observations, inference or sir(1))

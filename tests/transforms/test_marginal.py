@@ -207,3 +207,47 @@ def test_marginal_bad_inputs() -> None:
 
     with pytest.raises(TypeError, match="use it with sim/density inside an @expectation objective"):
         outer.simulate(jax.random.key(0))
+
+
+@ppl.gen
+def uniform_proposal(observations):
+    ppl.sample("z", dist.Categorical(jnp.ones(3) / 3.0))
+
+
+def test_normalize_with_a_custom_proposal_density_sums_to_one() -> None:
+    posterior = T.normalize(categorical_model, {"x": jnp.asarray(1.7)}, T.sir(4, uniform_proposal))
+
+    def one(key):
+        k1, k2 = jax.random.split(key)
+        z = jax.random.randint(k1, (), 0, 3)
+        return 3.0 * jnp.exp(posterior.estimate_logpdf(k2, {"z": z}))
+
+    assert_unbiased(vmapped(one, N), 1.0, "normalize/custom/density-total")
+
+
+def test_generate_inside_an_objective_weights_by_the_constrained_density() -> None:
+    @T.expectation
+    def likelihood(scale):
+        _, log_weight = T.generate(mixture, {"x": jnp.asarray(0.4)}, scale)
+        return jnp.exp(log_weight)
+
+    values = vmapped(lambda k: likelihood.estimate(k, 0.8), N)
+    assert_unbiased(values, jnp.exp(mixture_log_density(0.4, 0.8)), "generate/weight")
+    est = likelihood.estimator(strategies={"u": T.enum()})
+    value, grad = est.value_and_grad(jax.random.key(0), 0.8)
+    exact = jax.value_and_grad(lambda s: jnp.exp(mixture_log_density(0.4, s)))(0.8)
+    np.testing.assert_allclose(grad, exact[1], rtol=1e-5)
+
+    @T.expectation
+    def wrong(scale):
+        return T.generate(mixture, {"w": 0.4}, scale)[1]
+
+    with pytest.raises(ValueError, match="generate: the choice map has address 'w', which <generative"):
+        wrong.estimate(jax.random.key(0), 0.8)
+
+    @T.expectation
+    def outside(scale):
+        return T.generate(mixture, {"u": 2.0}, scale)[1]
+
+    with pytest.raises(ValueError, match="address 'u'"):
+        outside.estimate(jax.random.key(0), 0.8)

@@ -385,17 +385,13 @@ class Estimator:
 
 
 def _batch_size(args: tuple, in_axes: tuple) -> int:
+    """The mapped size, found the way ``jax.vmap`` matches ``in_axes`` to ``args``."""
     if len(in_axes) != len(args):
         raise ValueError(f"in_axes has {len(in_axes)} entries for {len(args)} arguments")
-    for arg, axes in zip(args, in_axes):
-        if axes is None:
-            continue
-        leaves = jax.tree_util.tree_leaves(arg)
-        axis_leaves = jax.tree_util.tree_leaves(axes) if not isinstance(axes, int) else [axes] * len(leaves)
-        for leaf, axis in zip(leaves, axis_leaves):
-            if axis is not None:
-                return jnp.shape(leaf)[axis]
-    raise ValueError("in_axes maps no argument: give at least one batched argument")
+    if all(a is None for a in jax.tree_util.tree_leaves(in_axes, is_leaf=lambda a: a is None)):
+        raise ValueError("in_axes maps no argument: give at least one batched argument")
+    ones = jax.vmap(lambda *a: jnp.zeros(()), in_axes=in_axes)
+    return jax.eval_shape(ones, *args).shape[0]
 
 
 class _InitState(dict):

@@ -264,3 +264,20 @@ def test_objective_bad_inputs() -> None:
     est = T.elbo(gauss_model, gauss_guide).estimator(argnums=1)
     with pytest.raises(ValueError, match=r"address 'y'.*shape"):
         est.grad(jax.random.key(0), (0.3,), (0.1, -0.2), {"y": jnp.zeros(2)})
+
+
+def test_in_axes_prefixes_with_none_inside_a_tuple_argument() -> None:
+    """Regression: axes like ``(None, 0)`` inside one argument pair with the right leaves."""
+
+    @T.expectation
+    def objective(args):
+        params, x = args
+        z = ppl.sample("z", dist.Normal(params["loc"].sum(), 1.0))
+        return -((z - x) ** 2)
+
+    xs = jnp.arange(5.0)
+    est = objective.estimator(in_axes=((None, 0),), reduce="sum")
+    grad = est.grad(jax.random.key(0), ({"loc": jnp.zeros(3)}, xs))
+    assert grad[0]["loc"].shape == (3,) and grad[1].shape == (5,)
+    values = vmapped(lambda k: est.estimate(k, ({"loc": jnp.zeros(3)}, xs)), N)
+    assert_unbiased(values, -jnp.sum(xs**2 + 1.0), "objectives/in_axes-none-prefix")

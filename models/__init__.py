@@ -1,4 +1,9 @@
 """ppl.models: applications written with the language and the transforms.
 
-The first is :mod:`ppl.models.quickstart`, the README's main job.
+- :mod:`ppl.models.cone`: the noisy cone, Table 4 of the programmable-VI paper (the
+  README's main job);
+- :mod:`ppl.models.vae`: the Table 1 VAE trained on scikit-learn's digits with six objectives;
+- :mod:`ppl.models.sbn`: a sigmoid belief net VAE with 32 Bernoulli latents, trained with
+  score-function and measure-valued estimators;
+- :mod:`ppl.models.quickstart`: one model, one hand-written ELBO, five strategies.
 """

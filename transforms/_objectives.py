@@ -91,9 +91,9 @@ def elbo(model: GenerativeFunction, guide: GenerativeFunction, gradient: str = "
 
     ``gradient="standard"``: the estimator of each site's strategy, unbiased.
     ``gradient="stl"`` (sticking the landing, Roeder et al. 2017): ``log q`` is
-    evaluated with stopped guide parameters, dropping the score term
-    ``E_q[∇φ log q] = 0``; unbiased for reparameterized guides and exactly zero
-    when ``q`` is the posterior. Score-function sites need the standard form.
+    evaluated with stopped guide parameters, dropping the term
+    ``-E_q[∇φ log q] = 0``; unbiased under any strategy, and exactly zero for
+    reparameterized guides when ``q`` is the posterior.
 
     Example:
         >>> import jax, numpyro.distributions as dist, ppl

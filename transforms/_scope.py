@@ -120,8 +120,14 @@ jax.tree_util.register_pytree_node(
 class EstimatorHandler(Handler):
     """Draws sites by strategy and records the ledger of one scope run."""
 
-    def __init__(self, key: jax.Array, subst: dict[Address, Any], config: Config, in_block: bool):
+    def __init__(
+        self, key: jax.Array, subst: dict[Address, Any], config: Config, in_block: bool, base: Address = ()
+    ):
         super().__init__()
+        # The absolute address of this handler's namespace (a block's address inside
+        # the scope), so strategies are looked up by full address.
+        self.base = base
+        self._block_base: Address = ()
         self.key = key
         self.subst = subst
         self.config = config
@@ -168,7 +174,7 @@ class EstimatorHandler(Handler):
             lp = site_log_prob(d, value)
             self.entries.append(SiteEntry(full, None, value, lp))
         else:
-            strategy = self.config.resolve(full, d, self.in_block)
+            strategy = self.config.resolve(self.base + full, d, self.in_block)
             value = strategy.draw(key, d)
             lp = site_log_prob(d, value)
             self.entries.append(SiteEntry(full, strategy, value, lp, d, key))
@@ -198,11 +204,12 @@ class EstimatorHandler(Handler):
                     f"generate: the value at address '{format_address(base + a)}' has shape {shape}, "
                     f"but the combinator there has {size} elements (leading axis)"
                 )
+        self._block_base = self.base + base
         return jax.random.split(self.next_key(), size), given, observed
 
     def child(self, inputs: Any) -> EstimatorHandler:
         keys, given, observed = inputs
-        child = EstimatorHandler(keys, given, self.config, in_block=True)
+        child = EstimatorHandler(keys, given, self.config, in_block=True, base=self._block_base)
         child.observed = observed
         return child
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
+import pytest
 
 import ppl
 from ppl import transforms as T
@@ -174,3 +175,21 @@ def test_two_enumerated_sites_in_series() -> None:
     est = objective.estimator(default=T.enum())
     grad = est.grad(jax.random.key(0), 0.6)
     assert jnp.allclose(grad, jax.grad(exact)(0.6), rtol=1e-5)
+
+
+def test_strategies_inside_a_plate_are_chosen_by_full_address() -> None:
+    @ppl.gen
+    def unit(logit):
+        return ppl.sample("z", dist.Bernoulli(logits=logit))
+
+    @T.expectation
+    def objective(logits):
+        return jnp.sum(ppl.sample("units", ppl.vmap(unit), logits) * jnp.arange(1.0, 4.0))
+
+    logits = jnp.array([0.3, -0.2, 0.5])
+    est = objective.estimator(strategies={"units/z": T.reinforce()})
+    grads = vmapped(lambda k: est.grad(k, logits), N, seed=8)
+    p = jax.nn.sigmoid(logits)
+    assert_unbiased(grads, jnp.arange(1.0, 4.0) * p * (1 - p), "vmap-plate/full-address")
+    with pytest.raises(ValueError, match="strategies: no sample site at address 'z'"):
+        objective.estimator(strategies={"z": T.reinforce()}).grad(jax.random.key(0), logits)

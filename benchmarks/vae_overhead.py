@@ -6,7 +6,7 @@ normal latent, a decoder Linear(10, 200) -> leaky ReLU -> Linear(200, 784) givin
 Bernoulli logits, and a reparameterized diagonal Normal guide from an encoder
 Linear(784, 200) -> leaky ReLU -> Linear(200, 20).
 
-Two objectives, both averaged over the batch (divided by the batch size):
+Two objectives, both averaged over the batch (divided by the batch size n):
 
 * ``elbo``: the single-sample ELBO, exactly as in ``overhead.py``;
 * ``iwelbo8``: the importance-weighted bound with K = 8 particles per data point,
@@ -15,38 +15,45 @@ Two objectives, both averaged over the batch (divided by the batch size):
 
 Systems, each timed as one jitted value-and-gradient call w.r.t. all parameters:
 
-* ``hand``: hand-written JAX (NumPyro's log-density formulas);
-* ``ours``: ``ppl`` programs and an ``@expectation`` objective (``overhead.elbo`` /
+* ``hand``: hand-written JAX (NumPyro's log-density formulas), the reference;
+* ``ours``: ``ppl`` programs and an ``@expectation`` objective (``overhead.elbo``;
   :func:`iwelbo_objective`), ``estimator(strategies={"z": T.reparam()})``;
+* ``ours-lib`` (iwelbo8, when ``ppl.transforms`` has it): the library's
+  ``T.iwelbo(model, guide, 8)`` run per data point with ``in_axes`` (:func:`library_iwelbo`);
 * ``numpyro``: ``Trace_ELBO`` (elbo) and ``RenyiELBO(alpha=0, num_particles=8)``
-  (iwelbo8, with a data plate so the bound is per data point, particles vectorized);
-* ``genjax``: GenJAX 0.10.3 with jax 0.5.3 in its own virtual environment, run as a
-  subprocess (``benchmarks/genjax_peer.py``) that times GenJAX *and* hand-written
-  JAX in that same process, so its figure is a ratio within one process. GenJAX's
-  public ``grad_estimate`` returns no value, so that form is compared with a
-  gradient-only hand version; value and gradient together come from
-  ``jax.value_and_grad`` of the function ``grad_estimate`` differentiates, compared
-  with the hand value-and-gradient.
+  (iwelbo8, with a data plate so the bound is per data point; particles vectorized;
+  the same value, and the same gradient through self-normalized weights);
+* ``genjax``: run as a subprocess (``benchmarks/genjax_peer.py``) in an environment
+  with GenJAX (CPU: 0.10.3 with jax 0.5.3 in its own virtual environment,
+  ``--genjax-venv``; GPU: 1.0.x, ``--genjax-python``) that times GenJAX *and* the
+  same hand-written JAX in that one process, so its figure is a ratio within its
+  process. GenJAX's public ``grad_estimate`` returns no value, so that form is
+  compared with a gradient-only hand version; value and gradient together come
+  from ``jax.value_and_grad`` of the function ``grad_estimate`` differentiates,
+  compared with the hand value-and-gradient.
 
-``hand`` uses the random numbers ``ours`` draws (and, for the check, NumPyro's), so
-values and gradients are asserted equal to float rounding. Per batch, objective and
-system it reports the compile time (median over ``--compiles`` first calls of fresh
-functions, tracing included) and the median, p10 and p90 step time (each call timed
-alone, ``block_until_ready``); the systems' timing rounds are interleaved.
+``hand`` draws the random numbers ``ours`` draws, and each other system is checked
+against the hand version at that system's own random numbers: values and gradients
+agree to float rounding (asserted). Per objective, batch and system it reports the
+compile time (median over ``--compiles`` first calls of fresh functions, tracing
+included) and the median, p10 and p90 step time (each call timed alone, with
+``block_until_ready``); the systems' timing rounds are interleaved.
 
 Targets: ours <= 1.05x hand and faster than NumPyro and GenJAX at every batch size.
 
-Usage: python benchmarks/vae_overhead.py [--batches 64,128] [--repeats 100]
-           [--objectives elbo,iwelbo8] [--compiles 3] [--json PATH] [--genjax-venv PATH]
+Usage: python benchmarks/vae_overhead.py [--batches 64,128] [--objectives elbo,iwelbo8]
+           [--repeats 100] [--rounds 20] [--compiles 3] [--json PATH]
+           [--genjax-venv PATH | --genjax-python PYTHON] [--runtime-checks on|off]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
+import platform
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -58,9 +65,6 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from numpyro.infer import RenyiELBO
-
-import ppl
-from ppl import transforms as T
 
 # Model, parameters, data and the ELBO programs of the core overhead benchmark.
 from overhead import (  # type: ignore[import-not-found]
@@ -84,43 +88,99 @@ from overhead import (  # type: ignore[import-not-found]
     timed,
 )
 
+import ppl
+from ppl import transforms as T
+
 PARTICLES = 8
 OBJECTIVES = ("elbo", "iwelbo8")
-MAIN_SYSTEMS = ("hand", "ours", "numpyro")
 HERE = os.path.dirname(os.path.abspath(__file__))
 GENJAX_PINS = ("genjax==0.10.3", "jax==0.5.3", "jaxlib==0.5.3", "numpy<2")
 Step = Callable[[], Any]
 
 
 # -- ours: IWELBO(K) written with the public constructs ---------------------------
+@ppl.gen
+def latent_guide(loc: jax.Array, scale: jax.Array) -> jax.Array:
+    """The guide's distribution given the encoder's output (the encoder runs outside)."""
+    return ppl.sample("z", dist.Normal(loc, scale).to_event(1))
+
+
 def iwelbo_objective(K: int) -> T.Expectation:
-    """IWELBO(K) of ``overhead.model``/``overhead.guide``, averaged over the batch.
+    """IWELBO(K) of ``overhead.model`` with the Normal guide, averaged over the batch.
 
-    Samples the K particles of every data point in one ``T.sim`` of a K-fold
-    ``ppl.vmap`` of the guide (the encoder runs once, unbatched over particles),
-    and evaluates the per-particle, per-point log weights with ``jax.vmap`` over
-    ``T.density`` of single-point programs. To be replaced by the library's
-    ``T.iwelbo(model, guide, K)``.
+    The encoder runs once, in the objective; one ``T.sim`` of a K-fold ``ppl.vmap``
+    of :func:`latent_guide` draws the K particles of every point, and the
+    per-particle, per-point log weights come from ``jax.vmap`` over ``T.density`` of
+    the model at one point and of the guide at one point's encoder output. Same
+    arithmetic as :func:`hand_iwelbo_from_eps`.
     """
-    particles = ppl.vmap(guide, in_axes=None, axis_size=K)
+    particles = ppl.vmap(latent_guide, in_axes=None, axis_size=K)
 
-    def log_weight(params: Params, z: jax.Array, x: jax.Array) -> jax.Array:  # one point
+    def log_weight(params: Params, z: jax.Array, x: jax.Array, loc: jax.Array, scale: jax.Array) -> jax.Array:
         log_p = T.density(model, {"z": z[None], "x": x[None]}, params, 1)
-        return log_p - T.density(guide, {"z": z[None]}, params, x[None])
+        return log_p - T.density(latent_guide, {"z": z}, loc, scale)
 
     @T.expectation
     def iwelbo(params: Params, x: jax.Array) -> jax.Array:
-        z = T.sim(particles, params, x).choices["z"]  # (K, n, LATENT)
-        per_point = jax.vmap(log_weight, in_axes=(None, 0, 0))
-        log_w = jax.vmap(per_point, in_axes=(None, 0, None))(params, z, x)  # (K, n)
+        loc, scale = encode(params, x)
+        z = T.sim(particles, loc, scale).choices["z"]  # (K, n, LATENT)
+        per_point = jax.vmap(log_weight, in_axes=(None, 0, 0, 0, 0))
+        log_w = jax.vmap(per_point, in_axes=(None, 0, None, None, None))(params, z, x, loc, scale)  # (K, n)
         return jnp.sum(jax.nn.logsumexp(log_w, axis=0) - jnp.log(K)) / x.shape[0]
 
     return iwelbo
 
 
-def ours_estimator(objective: str) -> T.Estimator:
+def library_iwelbo(K: int) -> Callable[[Params, jax.Array, jax.Array], Any]:
+    """The library's ``T.iwelbo(model, guide, K)``, per data point (``in_axes``), batch mean.
+
+    ``T.iwelbo`` takes ``(model_args, guide_args, observations)`` for one datum, so
+    the batch programs of ``overhead.py`` are used at batch size 1 (``x[:, None]``),
+    the estimator maps over the data with ``in_axes`` (a key per datum) and averages,
+    and the parameters' gradient is the sum of the model's and the guide's parts.
+    The guide takes the datum first: ``Estimator`` reads the batch size from the
+    first leaf of the first mapped argument, which would be a parameter otherwise.
+    """
+    point_model = ppl.gen(functools.partial(model.fn, n=1))
+    point_guide = ppl.gen(lambda x, params: guide.fn(params, x))
+    est = T.iwelbo(point_model, point_guide, K).estimator(
+        argnums=(0, 1), in_axes=((None,), (0, None), {"x": 0}), reduce="mean"
+    )
+
+    def value_and_grad(params: Params, key: jax.Array, x: jax.Array) -> Any:
+        xs = x[:, None]
+        value, (model_grad, guide_grad) = est.value_and_grad(key, (params,), (xs, params), {"x": xs})
+        return value, jax.tree.map(jnp.add, model_grad[0], guide_grad[1])
+
+    return jax.jit(value_and_grad)
+
+
+def library_iwelbo_eps(key: jax.Array, batch: int) -> jax.Array:
+    # in_axes: a key per datum; the particles block takes key 0 and splits it; the site is key 0
+    def datum(k: jax.Array) -> jax.Array:
+        keys = jax.random.split(jax.random.fold_in(k, 0), PARTICLES)
+        return jax.vmap(lambda q: jax.random.normal(jax.random.fold_in(q, 0), (LATENT,)))(keys)
+
+    return jnp.swapaxes(jax.vmap(datum)(jax.random.split(key, batch)), 0, 1)  # (K, n, LATENT)
+
+
+def ours_value_and_grad(objective: str, system: str) -> Callable[[Params, jax.Array, jax.Array], Any]:
+    """A fresh jitted value-and-gradient function of (params, key, x) for one of ours."""
+    if system == "ours-lib":
+        return library_iwelbo(PARTICLES)
     program = elbo if objective == "elbo" else iwelbo_objective(PARTICLES)
-    return program.estimator(strategies={"z": T.reparam()})
+    est = program.estimator(strategies={"z": T.reparam()})
+    return lambda params, key, x: est.value_and_grad(key, params, x)
+
+
+# Our systems per objective. ``ours`` is the objective program above; ``ours-lib`` the
+# library's T.iwelbo (when this checkout has it). The noise each draws, for the check.
+OURS: dict[str, dict[str, Callable[[jax.Array, int], jax.Array] | None]] = {
+    "elbo": {"ours": None},
+    "iwelbo8": {"ours": lambda key, n: ours_iwelbo_eps(key, n)},
+}
+if hasattr(T, "iwelbo"):
+    OURS["iwelbo8"]["ours-lib"] = lambda key, n: library_iwelbo_eps(key, n)
 
 
 # -- hand-written JAX ----------------------------------------------------------------
@@ -174,16 +234,20 @@ HAND = {"elbo": hand_elbo, "iwelbo8": hand_iwelbo}
 NUMPYRO = {"elbo": np_elbo, "iwelbo8": np_iwelbo}
 
 
+def systems_of(objective: str) -> tuple[str, ...]:
+    return ("hand", *OURS[objective], "numpyro")
+
+
 def make_steps(objective: str, params: Params, key: jax.Array, x: jax.Array) -> dict[str, Step]:
     """Fresh jitted functions (so the first call compiles) bound to their arguments."""
     hand = jax.jit(jax.value_and_grad(HAND[objective]))
-    ours = ours_estimator(objective)
     theirs = jax.jit(jax.value_and_grad(NUMPYRO[objective]))
-    return {
-        "hand": lambda: hand(params, key, x),
-        "ours": lambda: ours.value_and_grad(key, params, x),
-        "numpyro": lambda: theirs(params, key, x),
-    }
+    steps: dict[str, Step] = {"hand": lambda: hand(params, key, x)}
+    for name in OURS[objective]:
+        f = ours_value_and_grad(objective, name)
+        steps[name] = lambda f=f: f(params, key, x)
+    steps["numpyro"] = lambda: theirs(params, key, x)
+    return steps
 
 
 def reference_at_numpyro_key(objective: str, params: Params, key: jax.Array, x: jax.Array) -> Any:
@@ -201,14 +265,21 @@ def summarize(seconds: list[float]) -> dict[str, float]:
     }
 
 
+def rotations(names: tuple[str, ...], r: int) -> tuple[str, ...]:
+    k = r % len(names)
+    return names[k:] + names[:k]
+
+
 def bench(objective: str, batch: int, repeats: int, rounds: int, compiles: int) -> dict[str, Any]:
     params, key, x = init_params(jax.random.key(0)), jax.random.key(2), make_data(batch)
-    systems = MAIN_SYSTEMS
+    systems = systems_of(objective)
     compile_times: dict[str, list[float]] = {name: [] for name in systems}
     outs: dict[str, Any] = {}
+    # Untimed: per-shape caches (GPU GEMM autotuning) would otherwise bill whoever compiles first.
+    jax.block_until_ready(jax.jit(jax.value_and_grad(HAND[objective]))(params, key, x))
     for c in range(compiles):  # fresh functions each time: every first call compiles
         steps = make_steps(objective, params, key, x)
-        for name in systems[c % 3 :] + systems[: c % 3]:
+        for name in rotations(systems, c):
             compile_s, outs[name] = timed(steps[name])
             compile_times[name].append(compile_s)
     result: dict[str, Any] = {"objective": objective, "batch": batch}
@@ -217,24 +288,318 @@ def bench(objective: str, batch: int, repeats: int, rounds: int, compiles: int) 
         result[name] = {"compile_s": float(np.median(samples)), "compile_samples_s": samples}
 
     hand_v, hand_g = outs["hand"]
-    ours_v, ours_g = outs["ours"]
     value_scale = abs(float(hand_v))
     grad_scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(hand_g))
+    check: dict[str, float] = {}
+    for name, eps in OURS[objective].items():
+        v, g = outs[name]
+        ref_v, ref_g = hand_v, hand_g  # hand draws ours's numbers
+        if name != "ours":  # another layout: hand at that system's random numbers
+            ref_v, ref_g = jax.value_and_grad(hand_iwelbo_from_eps)(params, x, eps(key, batch))
+        check[f"{name}_vs_hand_value"] = check_close(f"{name} value", v, ref_v, value_scale)
+        check[f"{name}_vs_hand_grad"] = check_close(f"{name} grad", g, ref_g, grad_scale)
     ref_v, ref_g = reference_at_numpyro_key(objective, params, key, x)
     np_v, np_g = outs["numpyro"]
-    result["check"] = {
-        "ours_vs_hand_value": check_close("ours value", ours_v, hand_v, value_scale),
-        "ours_vs_hand_grad": check_close("ours grad", ours_g, hand_g, grad_scale),
-        "numpyro_vs_hand_value": check_close("numpyro value", np_v, ref_v, value_scale),
-        "numpyro_vs_hand_grad": check_close("numpyro grad", np_g, ref_g, grad_scale),
-    }
+    check["numpyro_vs_hand_value"] = check_close("numpyro value", np_v, ref_v, value_scale)
+    check["numpyro_vs_hand_grad"] = check_close("numpyro grad", np_g, ref_g, grad_scale)
+    result["check"] = check
 
     times: dict[str, list[float]] = {name: [] for name in systems}
     per_round = [repeats // rounds + (i < repeats % rounds) for i in range(rounds)]
     for r, count in enumerate(per_round):
-        order = systems[r % 3 :] + systems[: r % 3]  # rotate who goes first
-        for name in order:
+        for name in rotations(systems, r):  # rotate who goes first
             times[name].extend(timed(steps[name])[0] for _ in range(count))
     for name in systems:
         result[name].update(summarize(times[name]))
+        result[name]["ratio_to_hand"] = result[name]["median_ms"] / result["hand"]["median_ms"]
+        result[name]["p10_ratio_to_hand"] = result[name]["p10_ms"] / result["hand"]["p10_ms"]
     return result
+
+
+# -- GenJAX in its own environment ------------------------------------------------------
+def ensure_genjax_venv(venv: str) -> str:
+    """The venv's python, creating the venv (python3.11, GENJAX_PINS) if it is missing."""
+    python = os.path.join(venv, "bin", "python")
+    if os.path.exists(python):
+        return python
+    print(f"creating the GenJAX environment {venv} ({' '.join(GENJAX_PINS)})", flush=True)
+    base = os.environ.get("GENJAX_BASE_PYTHON", "python3.11")
+    commands = [
+        [base, "-m", "venv", venv],
+        [python, "-m", "pip", "install", "--quiet", *GENJAX_PINS],
+    ]
+    for command in commands:
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
+            raise RuntimeError(f"`{' '.join(command)}` failed ({done.returncode}): " + " | ".join(tail))
+    return python
+
+
+def run_genjax(
+    python: str, objectives: list[str], batches: list[int], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Run ``genjax_peer.py`` with ``python``; its results, or the reason there are none."""
+    with tempfile.TemporaryDirectory() as tmp:
+        arrays = {f"param/{k}": np.asarray(v) for k, v in init_params(jax.random.key(0)).items()}
+        arrays.update({f"x/{b}": np.asarray(make_data(b)) for b in batches})
+        data, request, out = (os.path.join(tmp, name) for name in ("data.npz", "request.json", "out.json"))
+        np.savez(data, **arrays)
+        config = {
+            "objectives": objectives,
+            "batches": batches,
+            "particles": PARTICLES,
+            "repeats": args.repeats,
+            "rounds": args.rounds,
+            "compiles": args.compiles,
+            "data": data,
+        }
+        with open(request, "w") as f:
+            json.dump(config, f)
+        command = [python, os.path.join(HERE, "genjax_peer.py"), "--request", request, "--out", out]
+        print(f"running the GenJAX peer: {python}", flush=True)
+        start = time.perf_counter()
+        problem = None
+        try:
+            done = subprocess.run(command, timeout=args.genjax_timeout)
+            if done.returncode != 0:
+                problem = f"the GenJAX peer exited with status {done.returncode} (its output is above)"
+        except subprocess.TimeoutExpired:
+            problem = f"the GenJAX peer ran past --genjax-timeout {args.genjax_timeout:g} s"
+        if not os.path.exists(out):  # the peer writes after every configuration
+            return {"error": problem or "the GenJAX peer wrote no results"}
+        with open(out) as f:
+            peer = json.load(f)
+        peer["wall_s"] = time.perf_counter() - start
+        if problem:
+            peer["error"] = problem  # configurations it did not reach show this
+        return peer
+
+
+def genjax_results(args: argparse.Namespace, objectives: list[str], batches: list[int]) -> dict[str, Any]:
+    if args.genjax_python:
+        python = args.genjax_python
+    elif args.genjax_venv:
+        try:
+            python = ensure_genjax_venv(os.path.abspath(args.genjax_venv))
+        except Exception as e:  # recorded in the JSON and the table instead of crashing
+            return {"error": f"GenJAX environment not available: {e}"}
+    else:
+        return {"error": "not run (give --genjax-venv or --genjax-python)"}
+    return run_genjax(python, objectives, batches, args)
+
+
+def attach_genjax(results: list[dict[str, Any]], peer: dict[str, Any]) -> None:
+    """Put the peer's figures (ratios within its own process) next to ours."""
+    by_config = {(r["objective"], r["batch"]): r for r in peer.get("results", [])}
+    failed = {(e["objective"], e["batch"]): e["error"] for e in peer.get("errors", [])}
+    for r in results:
+        config = (r["objective"], r["batch"])
+        if config in by_config:
+            p = by_config[config]
+            r["genjax"] = {
+                **{form: p[form] for form in ("hand_vg", "hand_grad", "genjax_vg", "genjax_grad")},
+                "check": p["check"],
+                "ratio_vg": p["genjax_vg"]["median_ms"] / p["hand_vg"]["median_ms"],
+                "ratio_grad": p["genjax_grad"]["median_ms"] / p["hand_grad"]["median_ms"],
+                "p10_ratio_vg": p["genjax_vg"]["p10_ms"] / p["hand_vg"]["p10_ms"],
+                "p10_ratio_grad": p["genjax_grad"]["p10_ms"] / p["hand_grad"]["p10_ms"],
+            }
+        else:
+            r["genjax"] = {"error": failed.get(config, peer.get("error", "no result"))}
+
+
+# -- report --------------------------------------------------------------------------------
+def fmt_ratio(x: float | None) -> str:
+    return "   n/a" if x is None else f"{x:>5.2f}x"
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    """Step time of hand (ms) and each system's median ratio to hand; compile ratios."""
+    for objective in dict.fromkeys(r["objective"] for r in results):
+        rows = [r for r in results if r["objective"] == objective]
+        ours = list(OURS[objective])
+        cols = [*ours, "numpyro", "genjax v+g", "genjax grad"]
+        head = f"{objective:>8} | {'batch':>5} | {'hand ms':>8} | " + " | ".join(f"{c:>11}" for c in cols)
+        head += " | " + " | ".join(f"{'compile ' + c:>14}" for c in ours)
+        print(head)
+        print("-" * len(head))
+        for r in rows:
+            g = r.get("genjax", {})
+            cells = [r[name]["ratio_to_hand"] for name in (*ours, "numpyro")]
+            cells += [g.get("ratio_vg"), g.get("ratio_grad")]
+            line = f"{'':>8} | {r['batch']:>5} | {r['hand']['median_ms']:>8.3f} | "
+            line += " | ".join(f"{fmt_ratio(c):>11}" for c in cells)
+            line += " | " + " | ".join(
+                f"{fmt_ratio(r[name]['compile_s'] / r['hand']['compile_s']):>14}" for name in ours
+            )
+            print(line)
+        print()
+    errors = {r["genjax"]["error"] for r in results if "error" in r.get("genjax", {})}
+    for e in sorted(errors):
+        print(f"GenJAX: {e}")
+
+
+def markdown(data: dict[str, Any]) -> str:
+    """Markdown tables (as in docs/benchmarks.md) from a JSON file this script wrote."""
+    lines = []
+    results = data["results"]
+    for objective in dict.fromkeys(r["objective"] for r in results):
+        rows = [r for r in results if r["objective"] == objective]
+        ours = [name for name in rows[0] if name.startswith("ours")]
+        head = ["batch", "hand ms (p10–p90)", *(f"{n} / hand" for n in ours), "NumPyro / hand"]
+        head += ["GenJAX / hand, v+g", "GenJAX / hand, grad", *(f"compile {n} / hand" for n in ours)]
+        lines += [f"**{objective}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in rows:
+            h, g = r["hand"], r.get("genjax", {})
+            cells = [str(r["batch"]), f"{h['median_ms']:.3f} ({h['p10_ms']:.3f}–{h['p90_ms']:.3f})"]
+            cells += [f"{r[n]['ratio_to_hand']:.2f}×" for n in (*ours, "numpyro")]
+            cells += [f"{g[k]:.2f}×" if k in g else "n/a" for k in ("ratio_vg", "ratio_grad")]
+            cells += [f"{r[n]['compile_s'] / h['compile_s']:.2f}×" for n in ours]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def shortfalls(results: list[dict[str, Any]]) -> list[str]:
+    """Where a target is missed: each of ours <= 1.05x hand, faster than NumPyro and GenJAX.
+
+    GenJAX's ratio is to hand-written JAX in its own process (its jax); the better of
+    its two forms (value and gradient, gradient only) is the bar.
+    """
+    out = []
+    for r in results:
+        where = f"{r['objective']} batch {r['batch']}"
+        g = r.get("genjax", {})
+        for name in OURS[r["objective"]]:
+            ours = r[name]["ratio_to_hand"]
+            if ours > 1.05:
+                out.append(f"{where}: {name}/hand {ours:.3f} > 1.05")
+            theirs = r["numpyro"]["ratio_to_hand"]
+            if ours >= theirs:
+                out.append(f"{where}: {name}/hand {ours:.3f} >= numpyro/hand {theirs:.3f}")
+            if "ratio_vg" in g:
+                best = min(g["ratio_vg"], g["ratio_grad"])
+                if ours >= best:
+                    out.append(f"{where}: {name}/hand {ours:.3f} >= genjax/hand {best:.3f}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", default="64,128,256,512,1024", help="comma-separated list")
+    parser.add_argument("--objectives", default="elbo,iwelbo8", help="comma-separated: elbo, iwelbo8")
+    parser.add_argument("--repeats", type=int, default=100, help="timed calls per system and batch")
+    parser.add_argument("--rounds", type=int, default=20, help="interleaved timing rounds")
+    parser.add_argument("--compiles", type=int, default=3, help="first calls timed (median)")
+    parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument(
+        "--runtime-checks",
+        choices=("on", "off"),
+        default="on",
+        help="in-program support checks of traced data (ppl.set_runtime_checks)",
+    )
+    gj = parser.add_mutually_exclusive_group()
+    gj.add_argument(
+        "--genjax-venv",
+        default=None,
+        help="GenJAX 0.10.3 virtual environment (created with python3.11 if missing)",
+    )
+    gj.add_argument("--genjax-python", default=None, help="a Python that already imports genjax (GPU)")
+    parser.add_argument("--genjax-timeout", type=float, default=1800, help="seconds for the GenJAX peer")
+    parser.add_argument("--markdown", default=None, help="print markdown tables of this JSON and exit")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        with open(args.markdown) as f:
+            print(markdown(json.load(f)))
+        return
+    batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
+    for o in objectives:
+        if o not in OBJECTIVES:
+            parser.error(f"unknown objective {o!r}; choose from {', '.join(OBJECTIVES)}")
+    ppl.set_runtime_checks(args.runtime_checks == "on")
+    args.rounds = max(1, min(args.rounds, args.repeats))
+    if args.genjax_venv or args.genjax_python:  # the peer is a second JAX process on the device
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+    info = machine_info()
+    info["cpu_model"] = cpu_model()
+    info["matmul_precision"] = str(jax.config.jax_default_matmul_precision)
+    print(", ".join(f"{k}={v}" for k, v in info.items()), flush=True)
+    bench("elbo", 8, 3, 1, 1)  # warm-up: imports, backend start, first-use caches
+    results = []
+    for objective in objectives:
+        for batch in batches:
+            result = bench(objective, batch, args.repeats, args.rounds, max(1, args.compiles))
+            ratios = ", ".join(
+                f"{name} {result[name]['ratio_to_hand']:.3f}" for name in systems_of(objective)[1:]
+            )
+            print(
+                f"{objective} batch {batch}: hand {result['hand']['median_ms']:.3f} ms; "
+                f"ratio to hand: {ratios}; max abs diffs {result['check']}",
+                flush=True,
+            )
+            results.append(result)
+            write_json(args, info, objectives, batches, results, None)
+    peer = genjax_results(args, objectives, batches)
+    attach_genjax(results, peer)
+    print()
+    print_table(results)
+    misses = shortfalls(results)
+    print("targets met everywhere" if not misses else "shortfalls:\n  " + "\n  ".join(misses))
+    write_json(args, info, objectives, batches, results, peer, misses)
+    if args.json:
+        print(f"\nwrote {args.json}")
+
+
+def write_json(
+    args: argparse.Namespace,
+    info: dict[str, Any],
+    objectives: list[str],
+    batches: list[int],
+    results: list[dict[str, Any]],
+    peer: dict[str, Any] | None,
+    misses: list[str] | None = None,
+) -> None:
+    """Write the results; called after every configuration too (``complete`` false)."""
+    if not args.json:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    config = {
+        "objectives": objectives,
+        "batches": batches,
+        "particles": PARTICLES,
+        "repeats": args.repeats,
+        "rounds": args.rounds,
+        "compiles": args.compiles,
+        "runtime_checks": args.runtime_checks,
+        "genjax_venv": args.genjax_venv,
+        "genjax_python": args.genjax_python,
+    }
+    out = {
+        "machine": info,
+        "config": config,
+        "genjax": None if peer is None else {k: v for k, v in peer.items() if k != "results"},
+        "results": results,
+        "shortfalls": misses,
+        "complete": peer is not None,
+    }
+    with open(args.json + ".tmp", "w") as f:
+        json.dump(out, f, indent=2)
+    os.replace(args.json + ".tmp", args.json)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+if __name__ == "__main__":
+    main()

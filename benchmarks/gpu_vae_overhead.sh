@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# One prepared GPU session (device tool) for benchmarks/vae_overhead.py: ELBO and IWELBO(8)
+# value-and-gradient, ours vs hand-written JAX vs NumPyro vs GenJAX 1.0.x (the peer).
+# Needs the GenJAX 1.0.14 wheels in .whl/ (carry: [".whl"]; see docs/benchmarks.md for the
+# download command). Writes to $OUT. Usage there: bash benchmarks/gpu_vae_overhead.sh
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+# Two JAX processes share the GPU (ours, then the GenJAX peer): allocate on demand.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
+ROOT="$PWD"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
+
+# GenJAX 1.0.14 and its dependencies from the carried wheels (no network there), for the peer only.
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site .whl/*.whl > "$OUT/pip.txt" 2>&1 || echo "pip install of .whl failed" | tee -a "$OUT/pip.txt"
+cat > /tmp/genjax-python <<'EOF'
+#!/usr/bin/env bash
+PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}" exec python3 "$@"
+EOF
+chmod +x /tmp/genjax-python
+/tmp/genjax-python -c "import genjax, jax; from importlib import metadata; print('genjax', metadata.version('genjax'), 'jax', jax.__version__)" 2>&1 | tail -3 | tee -a "$OUT/pip.txt"
+
+# Our package from the working tree, uninstalled: ppl/ with transforms/ and models/ linked in
+# as ppl.transforms and ppl.models (setuptools' package-dir mapping, by symlinks).
+mkdir -p /tmp/pplroot/ppl
+for f in "$ROOT"/ppl/*; do ln -sfn "$f" /tmp/pplroot/ppl/; done
+ln -sfn "$ROOT/transforms" /tmp/pplroot/ppl/transforms
+ln -sfn "$ROOT/models" /tmp/pplroot/ppl/models
+export PYTHONPATH="/tmp/pplroot${PYTHONPATH:+:$PYTHONPATH}"
+(cd /tmp && python3 -c "import ppl.transforms, jax; print('ppl from', ppl.__file__, 'jax', jax.__version__, jax.devices())") 2>&1 | tail -3
+
+# The issue's batches plus one compute-bound size; one compile per function (the whole script
+# must fit one device command and leave budget to rerun it).
+B="${VAE_BATCHES:-64,128,256,512,1024,65536}"
+B_OFF="${VAE_BATCHES_OFF:-64,1024,65536}"
+# 1. All systems, GenJAX included, runtime support checks on (the library default).
+timeout 330 python3 benchmarks/vae_overhead.py --batches "$B" --repeats 200 --rounds 20 --compiles 1 \
+  --genjax-python /tmp/genjax-python --genjax-timeout 200 \
+  --json "$OUT/vae_overhead-gpu.json" 2>&1 | tee "$OUT/vae_overhead-gpu.txt"
+# 2. Ours with runtime checks off (tuned training loops); GenJAX's figures do not change.
+timeout 120 python3 benchmarks/vae_overhead.py --batches "$B_OFF" --repeats 200 --rounds 20 --compiles 1 \
+  --runtime-checks off --json "$OUT/vae_overhead-gpu-nochecks.json" 2>&1 | tee "$OUT/vae_overhead-gpu-nochecks.txt"

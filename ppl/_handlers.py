@@ -113,6 +113,17 @@ class Handler(abc.ABC):
         ...
 
 
+def check_leading_axis(role: str, base: Address, values: dict[Address, Any], size: int) -> None:
+    """Values given for a block's sites must have the block's size as leading axis."""
+    for a, v in values.items():
+        shape = jax.numpy.shape(v)
+        if not shape or shape[0] != size:
+            raise ValueError(
+                f"{role}: the value at address '{format_address(base + a)}' has shape "
+                f"{shape}, but the combinator there has {size} elements (leading axis)"
+            )
+
+
 def run_block(
     kind: str,
     addr: Address,

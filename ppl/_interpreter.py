@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from ppl._choice_map import Address, format_address, subtree
 from ppl._distributions import check_value, name, site_log_prob
-from ppl._handlers import Handler
+from ppl._handlers import Handler, check_leading_axis
 
 
 class Interpreter(Handler):
@@ -71,13 +71,7 @@ class Interpreter(Handler):
         owned = own() if given else None
         if owned is not None:
             given = {a: v for a, v in given.items() if a in owned}
-        for a, v in given.items():
-            shape = jnp.shape(v)
-            if not shape or shape[0] != size:
-                raise ValueError(
-                    f"{self.role}: the value at address '{format_address(base + a)}' has shape "
-                    f"{shape}, but the combinator there has {size} elements (leading axis)"
-                )
+        check_leading_axis(self.role, base, given, size)
         return keys, given
 
     def child(self, inputs: Any) -> Interpreter:

@@ -31,7 +31,7 @@ from ppl.transforms._strategies import Auto, Site, Strategy
 
 from ppl._choice_map import Address, format_address, subtree
 from ppl._distributions import check_value, name, site_log_prob
-from ppl._handlers import Handler
+from ppl._handlers import Handler, check_leading_axis
 
 sg = jax.lax.stop_gradient
 
@@ -197,13 +197,7 @@ class EstimatorHandler(Handler):
         if owned is not None:
             given = {a: v for a, v in given.items() if a in owned}
             observed = {a: v for a, v in observed.items() if a in owned}
-        for a, v in observed.items():
-            shape = jnp.shape(v)
-            if not shape or shape[0] != size:
-                raise ValueError(
-                    f"generate: the value at address '{format_address(base + a)}' has shape {shape}, "
-                    f"but the combinator there has {size} elements (leading axis)"
-                )
+        check_leading_axis("generate", base, observed, size)
         self._block_base = self.base + base
         return jax.random.split(self.next_key(), size), given, observed
 

@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from ppl.transforms._baselines import leave_one_out_mean
-from ppl.transforms._scope import Aux, Config, EstimatorHandler, run_scope
+from ppl.transforms._scope import Aux, Config, EstimatorHandler, new_frame, run_scope
 from ppl.transforms._strategies import Strategy, auto
 
 from ppl._choice_map import Address, ChoiceMap, as_address, flatten, format_address, unflatten
@@ -43,19 +43,13 @@ def _run_frame(
     clash = set(observed_full) & set(handler.observed)
     if clash:
         raise ValueError(f"generate: address '{format_address(min(clash))}' is constrained twice")
-    frame: dict[str, Any] = {
-        "choices": {},
-        "score": jnp.zeros(()),
-        "weight": jnp.zeros(()),
-        "select": None if select is None else tuple(prefix + a for a in select),
-        "selected": jnp.zeros(()),
-    }
+    frame = new_frame(None if select is None else tuple(prefix + a for a in select))
     handler.frames.append(frame)
     handler.observed.update(observed_full)
     try:
         retval = g.invoke(handler, (), args)
     finally:
-        handler.frames.remove(frame)
+        handler.frames[:] = [f for f in handler.frames if f is not frame]
         for a in observed_full:
             handler.observed.pop(a, None)
     missing = sorted(set(observed_full) - set(frame["choices"]))

@@ -23,11 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 from ppl.transforms._expectation import _check_gen, _handler, _run_frame, density, generate, sim
-from ppl.transforms._scope import Config, EstimatorHandler, run_scope
+from ppl.transforms._scope import Config, EstimatorHandler, record, run_scope
 from ppl.transforms._strategies import auto
 
 import ppl
-from ppl._choice_map import Address, ChoiceMap, as_address, flatten, format_address, merge, unflatten
+from ppl._choice_map import Address, ChoiceMap, as_address, flatten, format_address, merge, subtree, unflatten
 from ppl._gen import GenerativeFunction, Trace
 from ppl._handlers import Handler
 
@@ -56,15 +56,16 @@ def sir(particles: int, proposal: GenerativeFunction | None = None) -> SIR:
     return SIR(particles, proposal)
 
 
+def _check_inference(inference: Any, who: str) -> SIR:
+    if inference is None:
+        return sir(1)
+    if not isinstance(inference, SIR):
+        raise TypeError(f"{who}: inference must be sir(K) or sir(K, proposal), got {inference!r}")
+    return inference
+
+
 def _log_mean_exp(log_weights: jax.Array) -> jax.Array:
     return jax.nn.logsumexp(log_weights) - math.log(log_weights.shape[0])
-
-
-def _hidden(handler: EstimatorHandler, name: str) -> Address:
-    """A fresh hidden address for one call's internal particles."""
-    count = getattr(handler, "_estimated_density_calls", 0)
-    handler._estimated_density_calls = count + 1
-    return (f"{name}{count}",) if count else (name,)
 
 
 def _split(choices: ChoiceMap, keep: tuple[Address, ...]) -> tuple[dict, dict]:
@@ -84,16 +85,26 @@ class _EstimatedDensity(GenerativeFunction):
                 f"{self!r} has an estimated density: use it with sim/density inside an "
                 "@expectation objective, or call .simulate(key, ...) / .estimate_logpdf(key, ...)"
             )
+        base = handler._prefix + addr
+        constrained = subtree(handler.observed, base)
         saved_frames, saved_prefix = handler.frames, handler._prefix
-        handler.frames, handler._prefix = [], saved_prefix + addr
+        handler.frames, handler._prefix = [], base
         try:
-            choices, retval, score = self.sim_in_objective(handler, args)
+            if constrained:  # generate with these choices given: weight by the density estimate
+                for a in constrained:
+                    handler.observed.pop(base + a)
+                try:
+                    choices, retval = unflatten(constrained), None
+                    score = weight = self.density_in_objective(handler, choices, args)
+                finally:
+                    handler.observed.update({base + a: v for a, v in constrained.items()})
+            else:
+                choices, retval, score = self.sim_in_objective(handler, args)
+                weight = jnp.zeros(())
         finally:
             handler.frames, handler._prefix = saved_frames, saved_prefix
-        for frame in handler.frames:
-            for a, v in flatten(choices).items():
-                frame["choices"][saved_prefix + addr + a] = v
-            frame["score"] = frame["score"] + score
+        flat = {base + a: v for a, v in flatten(choices).items()}
+        record(handler.frames, flat, score, weight, lambda selection: score)
         return retval
 
     def sim_in_objective(self, handler: EstimatorHandler, args: tuple) -> tuple[ChoiceMap, Any, jax.Array]:
@@ -165,12 +176,12 @@ class Marginal(_EstimatedDensity):
             return density(g, merge(kept_map, tr.choices), *args) - tr.score
 
         handler = _handler("marginal")
-        return ppl.sample(_hidden(handler, "_sir"), ppl.vmap(particle, in_axes=None, axis_size=n))
+        return ppl.sample(handler.hidden_address("_sir"), ppl.vmap(particle, in_axes=None, axis_size=n))
 
     def sim_in_objective(self, handler: EstimatorHandler, args: tuple) -> tuple[ChoiceMap, Any, jax.Array]:
         trace, _, kept_lp = _run_frame(handler, self.g, args, select=self.keep)
         kept, rest = _split(trace.choices, self.keep)
-        self._check_kept(kept)
+        self._check_kept(kept, "address")
         proposal = self.inference.proposal
         if proposal is None:
             first = kept_lp
@@ -187,17 +198,22 @@ class Marginal(_EstimatedDensity):
         extra = sorted(a for a in kept if not any(a[: len(k)] == k for k in self.keep))
         if extra:
             raise ValueError(f"{self!r}: density got address '{format_address(extra[0])}', which is not kept")
+        self._check_kept(kept, "density: no value for")
         saved = handler._prefix
-        handler._prefix = saved + _hidden(handler, "_marginal_density")
+        handler._prefix = saved + handler.hidden_address("_marginal_density")
         try:
             return _log_mean_exp(self._particle_weights(kept, args, self.inference.particles))
         finally:
             handler._prefix = saved
 
-    def _check_kept(self, kept: dict) -> None:
+    def _check_kept(self, kept: dict, what: str) -> None:
         for k in self.keep:
             if not any(a[: len(k)] == k for a in kept):
-                raise ValueError(f"{self!r}: address '{format_address(k)}' is never sampled by {self.g!r}")
+                if what == "address":
+                    raise ValueError(
+                        f"{self!r}: address '{format_address(k)}' is never sampled by {self.g!r}"
+                    )
+                raise ValueError(f"{self!r}: {what} kept address '{format_address(k)}'")
 
 
 def marginal(
@@ -225,7 +241,7 @@ def marginal(
     keep_list = [keep] if isinstance(keep, (str, tuple)) else list(keep)
     if not keep_list:
         raise ValueError("marginal: keep at least one address")
-    return Marginal(g, tuple(as_address(k) for k in keep_list), inference or sir(1))
+    return Marginal(g, tuple(as_address(k) for k in keep_list), _check_inference(inference, "marginal"))
 
 
 class Normalized(_EstimatedDensity):
@@ -267,20 +283,25 @@ class Normalized(_EstimatedDensity):
             return tr.choices, None, joint - tr.score
 
         handler = _handler("normalize")
-        return ppl.sample(_hidden(handler, "_sir"), ppl.vmap(particle, in_axes=None, axis_size=n))
+        return ppl.sample(handler.hidden_address("_sir"), ppl.vmap(particle, in_axes=None, axis_size=n))
 
     def _first_weight(self, latents: ChoiceMap, args: tuple) -> jax.Array:
         """The weight of a given latent value, as a particle of the proposal."""
-        joint = density(self.model, merge(self.observations, latents), *args)
-        if self.inference.proposal is None:
-            handler = _handler("normalize")
-            replay = flatten(merge(self.observations, latents))
-            return _run_frame(handler, self.model, args, observed=replay, select=self._observed)[2]
-        return joint - density(self.inference.proposal, latents, self.observations, *args)
+        if self.inference.proposal is not None:
+            joint = density(self.model, merge(self.observations, latents), *args)
+            return joint - density(self.inference.proposal, latents, self.observations, *args)
+        # Internal proposal: replay the latents, weight = log density of the observations.
+        handler = _handler("normalize")
+        replay = flatten(merge(self.observations, latents))
+        trace, _, observed_lp = _run_frame(handler, self.model, args, observed=replay, select=self._observed)
+        missing = sorted(set(flatten(trace.choices)) - set(replay))
+        if missing:
+            raise ValueError(f"{self!r}: density: no value for address '{format_address(missing[0])}'")
+        return observed_lp
 
     def sim_in_objective(self, handler: EstimatorHandler, args: tuple) -> tuple[ChoiceMap, Any, jax.Array]:
         latents, retvals, log_weights = self._particles(args, self.inference.particles)
-        index = ppl.sample("_resample", dist.Categorical(logits=log_weights))
+        index = ppl.sample(handler.hidden_address("_resample"), dist.Categorical(logits=log_weights))
         chosen = jax.tree_util.tree_map(lambda v: v[index], latents)
         retval = jax.tree_util.tree_map(lambda v: v[index], retvals)
         joint = density(self.model, merge(self.observations, chosen), *args)
@@ -288,7 +309,7 @@ class Normalized(_EstimatedDensity):
 
     def density_in_objective(self, handler: EstimatorHandler, choices: ChoiceMap, args: tuple) -> jax.Array:
         saved = handler._prefix
-        handler._prefix = saved + _hidden(handler, "_normalized_density")
+        handler._prefix = saved + handler.hidden_address("_normalized_density")
         try:
             first = self._first_weight(choices, args)
             log_weights = first[None]
@@ -322,4 +343,4 @@ def normalize(model: GenerativeFunction, observations: ChoiceMap, inference: SIR
     _check_gen(model, "normalize")
     if not flatten(observations):
         raise ValueError("normalize: give at least one observed address")
-    return Normalized(model, observations, inference or sir(1))
+    return Normalized(model, observations, _check_inference(inference, "normalize"))

@@ -17,24 +17,28 @@ per-site strategies at the call site, as for any objective::
 
 Notation: ``z_k ~ q`` are ``K`` independent guide samples and
 ``log w_k = log p(x, z_k) - log q(z_k)``; ``w̃_k = w_k / Σ_j w_j``.
-The particles live under the hidden address ``particles`` (a ``ppl.vmap``
-block), so ``enum``/``mvd`` strategies apply to ``elbo`` only.
+The particles are one ``ppl.vmap`` block: under the address ``particles`` for
+``iwelbo`` and ``renyi`` (choose their strategies as ``"particles/z"``), at the
+guide's own addresses for ``vimco``, ``wake_p``, ``wake_q`` and ``forward_kl``
+(whose guide samples carry no gradient). So ``enum``/``mvd`` apply to ``elbo`` only.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from ppl.transforms._baselines import leave_one_out_mean
 from ppl.transforms._expectation import Expectation, density, expectation, sim
-from ppl.transforms._marginal import marginal, sir
+from ppl.transforms._ledger import BlockEntry, SiteEntry
+from ppl.transforms._marginal import _log_mean_exp, marginal, sir
+from ppl.transforms._strategies import Reparam
 
 import ppl
-from ppl._choice_map import ChoiceMap, merge
+from ppl._choice_map import ChoiceMap, format_address, merge
 from ppl._gen import GenerativeFunction
+from ppl._handlers import current
 
 sg = jax.lax.stop_gradient
 _GRADIENTS = ("standard", "stl", "dreg")
@@ -44,8 +48,36 @@ def _stop(tree: Any) -> Any:
     return jax.tree_util.tree_map(sg, tree)
 
 
-def _log_mean_exp(x: jax.Array) -> jax.Array:
-    return jax.nn.logsumexp(x) - math.log(x.shape[0])
+def _check_exact_density(guide: GenerativeFunction, gradient: str) -> None:
+    """STL, DReG and the per-particle objectives re-evaluate ``log q``: it must be exact."""
+    if gradient != "standard" and getattr(guide, "density_in_objective", None) is not None:
+        what = "this objective" if gradient == "per-particle" else f"gradient={gradient!r}"
+        raise ValueError(
+            f"{what} needs the guide's exact log density, but {guide!r} has an estimated one"
+            + ("" if gradient == "per-particle" else "; use gradient='standard'")
+        )
+
+
+def _check_reparameterized(what: str) -> None:
+    """Every guide site of the last particle block must be reparameterized (DReG's identity)."""
+    handler = current()
+    block = handler.entries[-1] if handler is not None and handler.entries else None
+    for site in _sites(block.entries if isinstance(block, BlockEntry) else []):
+        if site.strategy is not None and not isinstance(site.strategy, Reparam):
+            raise ValueError(
+                f"{what} needs reparameterized guide sites; address '{format_address(site.address)}' "
+                f"uses {type(site.strategy).__name__.lower()}: use gradient='standard' there"
+            )
+
+
+def _sites(entries: list[Any]) -> list[SiteEntry]:
+    out: list[SiteEntry] = []
+    for e in entries:
+        if isinstance(e, SiteEntry):
+            out.append(e)
+        elif isinstance(e, BlockEntry):
+            out.extend(_sites(e.entries))
+    return out
 
 
 def _named(objective: Expectation, name: str) -> Expectation:
@@ -109,6 +141,7 @@ def elbo(model: GenerativeFunction, guide: GenerativeFunction, gradient: str = "
         >>> value, grad = est.value_and_grad(jax.random.key(0), (), (0.5,), {"x": 1.0})
     """
     _check(1, gradient, _GRADIENTS[:2])
+    _check_exact_density(guide, gradient)
 
     @expectation
     def objective(model_args: tuple, guide_args: tuple, observations: ChoiceMap) -> jax.Array:
@@ -136,12 +169,15 @@ def iwelbo(
       only, biased for ``K > 1`` (Tucker et al. 2018, section 3).
     """
     _check(particles, gradient, _GRADIENTS)
+    _check_exact_density(guide, gradient)
 
     @expectation
     def objective(model_args: tuple, guide_args: tuple, observations: ChoiceMap) -> jax.Array:
         choices, log_p, log_q = _particles(model, guide, model_args, guide_args, observations, particles)
         if gradient == "standard":
             return _log_mean_exp(log_p - log_q)
+        if gradient == "dreg":
+            _check_reparameterized(f"iwelbo({particles}, gradient='dreg')")
         log_q_stopped = _assess_each(guide, choices, _stop(guide_args))
         if gradient == "stl":
             return _log_mean_exp(log_p - log_q_stopped)
@@ -166,6 +202,7 @@ def vimco(model: GenerativeFunction, guide: GenerativeFunction, particles: int) 
     ``K ≥ 2``.
     """
     _check(particles, "standard", ("standard",))
+    _check_exact_density(guide, "per-particle")
     if particles < 2:
         raise ValueError(f"vimco needs particles >= 2 for its leave-one-out baselines, got {particles}")
 
@@ -195,6 +232,8 @@ def renyi(model: GenerativeFunction, guide: GenerativeFunction, alpha: float, pa
     of the Rényi divergence bound (Li & Turner 2016).
     """
     _check(particles, "standard", ("standard",))
+    if not isinstance(alpha, (int, float)) or alpha < 0:
+        raise ValueError(f"renyi: alpha must be a number >= 0, got {alpha!r}")
 
     @expectation
     def objective(model_args: tuple, guide_args: tuple, observations: ChoiceMap) -> jax.Array:
@@ -216,6 +255,7 @@ def wake_p(model: GenerativeFunction, guide: GenerativeFunction, particles: int)
     biased for finite ``K``, consistent as ``K → ∞``.
     """
     _check(particles, "standard", ("standard",))
+    _check_exact_density(guide, "per-particle")
 
     @expectation
     def objective(model_args: tuple, guide_args: tuple, observations: ChoiceMap) -> jax.Array:
@@ -246,6 +286,7 @@ def wake_q(model: GenerativeFunction, guide: GenerativeFunction, particles: int)
     consistent as ``K → ∞``.
     """
     _check(particles, "standard", ("standard",))
+    _check_exact_density(guide, "per-particle")
 
     @expectation
     def objective(model_args: tuple, guide_args: tuple, observations: ChoiceMap) -> jax.Array:
@@ -258,11 +299,12 @@ def wake_q(model: GenerativeFunction, guide: GenerativeFunction, particles: int)
 def forward_kl(model: GenerativeFunction, guide: GenerativeFunction, particles: int) -> Expectation:
     """``-KL(p(z|x) ‖ q)`` by self-normalized importance sampling with ``K`` guide samples.
 
-    Value ``Σ_k w̃_k (log q(z_k) - log w_k + log Ẑ)`` with ``Ẑ = (1/K) Σ_k w_k``;
+    Value ``Σ_k w̃_k (log q(z_k) - log p(x, z_k) + log Ẑ)`` with ``Ẑ = (1/K) Σ_k w_k``;
     gradient (guide parameters only) that of :func:`wake_q`. Biased for finite
     ``K`` (self-normalized), consistent as ``K → ∞``.
     """
     _check(particles, "standard", ("standard",))
+    _check_exact_density(guide, "per-particle")
 
     @expectation
     def objective(model_args: tuple, guide_args: tuple, observations: ChoiceMap) -> jax.Array:

@@ -134,26 +134,32 @@ class EstimatorHandler(Handler):
         self.in_block = in_block
         self.counter = 0
         self.entries: list[Any] = []
-        self.frames: list[dict[str, Any]] = []
+        # Frames record what ``sim``/``generate`` calls see; the root frame is what
+        # this handler's block returns (estimated-density functions record their
+        # kept choices and estimates there, not their internal sites).
+        self.root = new_frame()
+        self.frames: list[dict[str, Any]] = [self.root]
         self.aux = Aux()
         # Constrained (observed) sites of ``generate`` calls, by full address;
-        # their log densities add to ``weight``.
+        # their log densities add to the frames' ``weight``.
         self.observed: dict[Address, Any] = {}
-        self.weight = jnp.zeros(())
+        # Counter for hidden addresses (shared with block children, which may
+        # share this namespace; replays restart it, so names are deterministic).
+        self.hidden_counter = [0]
 
     def next_key(self) -> jax.Array:
         key = jax.random.fold_in(self.key, self.counter)
         self.counter += 1
         return key
 
+    def hidden_address(self, name: str) -> Address:
+        """A fresh address for internal choices (``_sir``, ``_sir1``, ...)."""
+        count = self.hidden_counter[0]
+        self.hidden_counter[0] += 1
+        return (f"{name}{count}",) if count else (name,)
+
     def _record(self, address: Address, value: Any, lp: jax.Array, observed: bool = False) -> None:
-        for frame in self.frames:
-            frame["choices"][address] = value
-            frame["score"] = frame["score"] + lp
-            if observed:
-                frame["weight"] = frame["weight"] + lp
-            if frame["select"] is not None and _selected(address, frame["select"]):
-                frame["selected"] = frame["selected"] + lp
+        record(self.frames, {address: value}, lp, lp if observed else jnp.zeros(()), lambda sel: lp)
 
     def sample(self, addr: Address, d: Any) -> Any:
         full = self.claim(addr, name(d))
@@ -162,7 +168,6 @@ class EstimatorHandler(Handler):
             value = check_value(full, d, self.observed[full], "the value given to generate")
             lp = site_log_prob(d, value)
             self.entries.append(SiteEntry(full, None, value, lp))
-            self.weight = self.weight + lp
             self._record(full, value, lp, observed=True)
             return value
         if full in self.subst:
@@ -205,53 +210,72 @@ class EstimatorHandler(Handler):
         keys, given, observed = inputs
         child = EstimatorHandler(keys, given, self.config, in_block=True, base=self._block_base)
         child.observed = observed
+        child.hidden_counter = self.hidden_counter
         return child
 
     def discovery_child(self, key: jax.Array) -> EstimatorHandler:
-        return EstimatorHandler(key, {}, dataclasses.replace(self.config, plain=True), True)
+        child = EstimatorHandler(key, {}, dataclasses.replace(self.config, plain=True), True)
+        child.hidden_counter = [self.hidden_counter[0]]  # same names, counter untouched
+        return child
 
     def sampled_addresses(self) -> set[Address]:
         return set(site_values(self.entries))
 
     def records(self) -> tuple[Any, Any]:
-        choices, score = {}, jnp.zeros(())
-        for e in self.entries:
-            if isinstance(e, SiteEntry):
-                choices[e.address] = e.value
-                score = score + e.log_prob
-        self._fold_block_choices(self.entries, choices)
+        root = self.root
         arrays, static = split(self.entries)
-        return (arrays, choices, score, self.weight, self.aux), static
-
-    @staticmethod
-    def _fold_block_choices(entries: list[Any], choices: dict[Address, Any]) -> None:
-        for e in entries:
-            if isinstance(e, BlockEntry):
-                choices.update(site_values(e.entries))
+        return (arrays, dict(root["choices"]), root["score"], root["weight"], self.aux), static
 
     def absorb(self, base: Address, kind: str, arrays: Any, static: Any) -> None:
         entry_arrays, choices, score, weight, aux = arrays
-        for a in choices:
-            self.claim_full(base + a, kind)
         entries = join(entry_arrays, static, base)
+        for a in site_values(entries):
+            self.claim_full(a, kind)
         self.entries.append(BlockEntry(kind, base, entries))
-        weight = jnp.sum(weight)
-        self.weight = self.weight + weight
-        for frame in self.frames:
-            for a, v in choices.items():
-                frame["choices"][base + a] = v
-            frame["score"] = frame["score"] + jnp.sum(score)
-            frame["weight"] = frame["weight"] + weight
-            if frame["select"] is not None:
-                inside = [_selected(base + a, frame["select"]) for a in choices]
-                if any(inside) and not all(inside):
-                    raise ValueError(
-                        f"the {kind} block at '{format_address(base)}' mixes selected and "
-                        "unselected addresses; select the whole block or none of it"
-                    )
-                if inside and inside[0]:
-                    frame["selected"] = frame["selected"] + jnp.sum(score)
+        record(
+            self.frames,
+            {base + a: v for a, v in choices.items()},
+            jnp.sum(score),
+            jnp.sum(weight),
+            lambda selection: _selected_log_prob(entries, selection),
+        )
         self.aux.extend(aux)
+
+
+def new_frame(select: tuple[Address, ...] | None = None) -> dict[str, Any]:
+    """What a ``sim``/``generate`` call accumulates: choices, ``score`` (their log
+    density), ``weight`` (of observed sites) and ``selected`` (of sites under ``select``)."""
+    zero = jnp.zeros(())
+    return {"choices": {}, "score": zero, "weight": zero, "select": select, "selected": zero}
+
+
+def record(
+    frames: list[dict[str, Any]],
+    choices: dict[Address, Any],
+    score: jax.Array,
+    weight: jax.Array,
+    selected: Any,
+) -> None:
+    """Add choices (by full address) and their log densities to every open frame.
+
+    ``selected(selection)`` gives the log density of the sites under ``selection``.
+    """
+    for frame in frames:
+        frame["choices"].update(choices)
+        frame["score"] = frame["score"] + score
+        frame["weight"] = frame["weight"] + weight
+        if frame["select"] is not None and any(_selected(a, frame["select"]) for a in choices):
+            frame["selected"] = frame["selected"] + selected(frame["select"])
+
+
+def _selected_log_prob(entries: list[Any], selection: tuple[Address, ...]) -> jax.Array:
+    out = jnp.zeros(())
+    for e in entries:
+        if isinstance(e, SiteEntry) and _selected(e.address, selection):
+            out = out + jnp.sum(e.log_prob)
+        elif isinstance(e, BlockEntry):
+            out = out + _selected_log_prob(e.entries, selection)
+    return out
 
 
 def _selected(address: Address, selection: tuple[Address, ...]) -> bool:

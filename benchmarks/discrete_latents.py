@@ -60,11 +60,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
-from importlib import metadata
 from typing import Any
 
 import jax
@@ -75,19 +73,14 @@ import optax
 from numpyro.infer import SVI, TraceGraph_ELBO
 from ppl.models import sbn
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import overhead
+
 import ppl
 
-OURS = (
-    "reinforce",
-    "reinforce+running-average",
-    "reinforce+leave-one-out",
-    "vimco",
-    "mvd",
-    "rb",
-    "rb+leave-one-out",
-)
 # Only in the gradient-variance table: T.elbo's standard form (direct −∇φ log q term kept).
 VARIANCE_ONLY = ("reinforce-standard",)
+OURS = tuple(name for name in sbn.ESTIMATORS if name not in VARIANCE_ONLY)
 
 
 def numpyro_rows(particles: int) -> tuple[str, ...]:
@@ -95,19 +88,7 @@ def numpyro_rows(particles: int) -> tuple[str, ...]:
 
 
 def machine_info() -> dict[str, Any]:
-    device = jax.devices()[0]
-    return {
-        "platform": jax.default_backend(),
-        "device_kind": device.device_kind,
-        "jax": jax.__version__,
-        "jaxlib": metadata.version("jaxlib"),
-        "numpyro": numpyro.__version__,
-        "ppl": ppl.__version__,
-        "python": sys.version.split()[0],
-        "os": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-    }
+    return {**overhead.machine_info(), "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
 
 
 class Row:

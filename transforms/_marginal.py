@@ -14,6 +14,7 @@ strategy (hidden addresses ``_sir``, ``_resample``).
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -75,7 +76,7 @@ def _split(choices: ChoiceMap, keep: tuple[Address, ...]) -> tuple[dict, dict]:
     return kept, rest
 
 
-class _EstimatedDensity(GenerativeFunction):
+class _EstimatedDensity(GenerativeFunction, metaclass=abc.ABCMeta):
     """A generative function whose density is estimated; runs only inside objectives
     (or standalone through :meth:`simulate` and :meth:`estimate_logpdf`)."""
 
@@ -107,11 +108,13 @@ class _EstimatedDensity(GenerativeFunction):
         record(handler.frames, flat, score, weight, lambda selection: score)
         return retval
 
+    @abc.abstractmethod
     def sim_in_objective(self, handler: EstimatorHandler, args: tuple) -> tuple[ChoiceMap, Any, jax.Array]:
-        raise NotImplementedError
+        """``(kept choices, return value, score)`` with ``exp(-score)`` unbiased for ``1/density``."""
 
+    @abc.abstractmethod
     def density_in_objective(self, handler: EstimatorHandler, choices: ChoiceMap, args: tuple) -> jax.Array:
-        raise NotImplementedError
+        """The log of an unbiased estimate of the density at ``choices``."""
 
     def assess(self, choices: ChoiceMap, *args: Any) -> tuple[jax.Array, Any]:
         raise TypeError(

@@ -262,11 +262,11 @@ def print_table(results: list[dict[str, Any]]) -> None:
         )
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_timing_arguments(parser: argparse.ArgumentParser, repeats: int, rounds: int) -> None:
+    """The options every timing benchmark shares (batches, repeats, rounds, compiles, JSON, checks)."""
     parser.add_argument("--batches", default="64,128,256,512,1024", help="comma-separated list")
-    parser.add_argument("--repeats", type=int, default=200, help="timed calls per system and batch")
-    parser.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds")
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed calls per system and batch")
+    parser.add_argument("--rounds", type=int, default=rounds, help="interleaved timing rounds")
     parser.add_argument("--compiles", type=int, default=3, help="first calls timed (median)")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument(
@@ -275,6 +275,11 @@ def main(argv: list[str] | None = None) -> None:
         default="on",
         help="in-program support checks of traced data (ppl.set_runtime_checks)",
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_timing_arguments(parser, repeats=200, rounds=10)
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
     ppl.set_runtime_checks(args.runtime_checks == "on")

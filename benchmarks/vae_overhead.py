@@ -71,6 +71,7 @@ from numpyro.infer import RenyiELBO
 from overhead import (  # type: ignore[import-not-found]
     LATENT,
     Params,
+    add_timing_arguments,
     bernoulli_logits_log_prob,
     decode,
     elbo,
@@ -350,6 +351,18 @@ def ensure_genjax_venv(venv: str) -> str:
     return python
 
 
+def run_config(args: argparse.Namespace, objectives: list[str], batches: list[int]) -> dict[str, Any]:
+    """What was timed and how: shared by the GenJAX peer's request and the JSON output."""
+    return {
+        "objectives": objectives,
+        "batches": batches,
+        "particles": PARTICLES,
+        "repeats": args.repeats,
+        "rounds": args.rounds,
+        "compiles": args.compiles,
+    }
+
+
 def run_genjax(
     python: str, objectives: list[str], batches: list[int], args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -359,15 +372,7 @@ def run_genjax(
         arrays.update({f"x/{b}": np.asarray(make_data(b)) for b in batches})
         data, request, out = (os.path.join(tmp, name) for name in ("data.npz", "request.json", "out.json"))
         np.savez(data, **arrays)
-        config = {
-            "objectives": objectives,
-            "batches": batches,
-            "particles": PARTICLES,
-            "repeats": args.repeats,
-            "rounds": args.rounds,
-            "compiles": args.compiles,
-            "data": data,
-        }
+        config = {**run_config(args, objectives, batches), "data": data}
         with open(request, "w") as f:
             json.dump(config, f)
         command = [python, os.path.join(HERE, "genjax_peer.py"), "--request", request, "--out", out]
@@ -504,18 +509,8 @@ def shortfalls(results: list[dict[str, Any]]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", default="64,128,256,512,1024", help="comma-separated list")
+    add_timing_arguments(parser, repeats=100, rounds=20)
     parser.add_argument("--objectives", default="elbo,iwelbo8", help="comma-separated: elbo, iwelbo8")
-    parser.add_argument("--repeats", type=int, default=100, help="timed calls per system and batch")
-    parser.add_argument("--rounds", type=int, default=20, help="interleaved timing rounds")
-    parser.add_argument("--compiles", type=int, default=3, help="first calls timed (median)")
-    parser.add_argument("--json", default=None, help="write the results here")
-    parser.add_argument(
-        "--runtime-checks",
-        choices=("on", "off"),
-        default="on",
-        help="in-program support checks of traced data (ppl.set_runtime_checks)",
-    )
     gj = parser.add_mutually_exclusive_group()
     gj.add_argument(
         "--genjax-venv",
@@ -586,12 +581,7 @@ def write_json(
         return
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     config = {
-        "objectives": objectives,
-        "batches": batches,
-        "particles": PARTICLES,
-        "repeats": args.repeats,
-        "rounds": args.rounds,
-        "compiles": args.compiles,
+        **run_config(args, objectives, batches),
         "runtime_checks": args.runtime_checks,
         "genjax_venv": args.genjax_venv,
         "genjax_python": args.genjax_python,

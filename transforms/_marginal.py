@@ -101,7 +101,7 @@ class _EstimatedDensity(GenerativeFunction, metaclass=abc.ABCMeta):
                     handler.observed.update({base + a: v for a, v in constrained.items()})
             else:
                 choices, retval, score = self.sim_in_objective(handler, args)
-                weight = jnp.zeros(())
+                weight = None
         finally:
             handler.frames, handler._prefix = saved_frames, saved_prefix
         flat = {base + a: v for a, v in flatten(choices).items()}

@@ -159,7 +159,7 @@ class EstimatorHandler(Handler):
         return (f"{name}{count}",) if count else (name,)
 
     def _record(self, address: Address, value: Any, lp: jax.Array, observed: bool = False) -> None:
-        record(self.frames, {address: value}, lp, lp if observed else jnp.zeros(()), lambda sel: lp)
+        record(self.frames, {address: value}, lp, lp if observed else None, lambda sel: lp)
 
     def sample(self, addr: Address, d: Any) -> Any:
         full = self.claim(addr, name(d))
@@ -253,17 +253,19 @@ def record(
     frames: list[dict[str, Any]],
     choices: dict[Address, Any],
     score: jax.Array,
-    weight: jax.Array,
+    weight: jax.Array | None,
     selected: Any,
 ) -> None:
     """Add choices (by full address) and their log densities to every open frame.
 
+    ``weight`` is the log density of observed sites among them (``None``: none);
     ``selected(selection)`` gives the log density of the sites under ``selection``.
     """
     for frame in frames:
         frame["choices"].update(choices)
         frame["score"] = frame["score"] + score
-        frame["weight"] = frame["weight"] + weight
+        if weight is not None:
+            frame["weight"] = frame["weight"] + weight
         if frame["select"] is not None and any(_selected(a, frame["select"]) for a in choices):
             frame["selected"] = frame["selected"] + selected(frame["select"])
 

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from ppl.transforms._baselines import leave_one_out_mean
 from ppl.transforms._scope import Aux, Config, EstimatorHandler, new_frame, run_scope
-from ppl.transforms._strategies import Strategy, auto
+from ppl.transforms._strategies import LogExpectationEstimator, Strategy, auto
 
 from ppl._choice_map import Address, ChoiceMap, as_address, flatten, format_address, unflatten
 from ppl._gen import GenerativeFunction, Trace
@@ -138,7 +138,7 @@ class Expectation:
 
     def estimator(
         self,
-        strategies: dict[str | Address, Strategy] | None = None,
+        strategies: dict[str | Address, Strategy | LogExpectationEstimator] | None = None,
         default: Strategy | None = None,
         particles: int = 1,
         argnums: int | tuple[int, ...] = 0,
@@ -225,7 +225,7 @@ class Estimator:
     def __init__(
         self,
         objective: Expectation,
-        strategies: dict[str | Address, Strategy],
+        strategies: dict[str | Address, Strategy | LogExpectationEstimator],
         default: Strategy,
         particles: int,
         argnums: int | tuple[int, ...],
@@ -241,8 +241,10 @@ class Estimator:
             raise TypeError(f"in_axes must be a tuple with one entry per argument, got {in_axes!r}")
         self.in_axes, self.reduce = in_axes, reduce
         for s in (*strategies.values(), default):
-            if not isinstance(s, Strategy):
+            if not isinstance(s, Strategy | LogExpectationEstimator):
                 raise TypeError(f"strategies must be Strategy objects, got {s!r}")
+        if isinstance(default, LogExpectationEstimator):
+            raise TypeError(f"default must be a sample-site Strategy, got {default!r}")
         self.objective = objective
         self.strategies = {as_address(k): v for k, v in strategies.items()}
         self.default = default

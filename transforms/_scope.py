@@ -27,7 +27,7 @@ from ppl.transforms._ledger import (
     split,
     total,
 )
-from ppl.transforms._strategies import Auto, Site, Strategy
+from ppl.transforms._strategies import Auto, LogExpectationEstimator, Site, Strategy
 
 from ppl._choice_map import Address, format_address, subtree
 from ppl._distributions import check_value, name, site_log_prob
@@ -49,20 +49,28 @@ class Config:
     used: set[Address] = dataclasses.field(default_factory=set)
     stateful: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    def resolve(self, address: Address, d: Any, in_block: bool) -> Strategy:
+    def resolve(self, address: Address, d: Any, in_block: bool | str) -> Strategy:
+        """The strategy of the sample site at ``address``; ``in_block`` is true (or names
+        the enclosing construct) where continuation strategies are unavailable."""
         if address in self.strategies:
             self.used.add(address)
             strategy = self.strategies[address]
         else:
             strategy = self.default
+        if isinstance(strategy, LogExpectationEstimator):
+            raise ValueError(
+                f"address '{format_address(address)}' ({name(d)}) is a sample site: "
+                f"{type(strategy).__name__} is an estimator for log_expectation terms"
+            )
         if isinstance(strategy, Auto):
-            strategy = strategy.resolve(address, d, in_block, self.particles)
+            strategy = strategy.resolve(address, d, bool(in_block), self.particles)
         strategy.check(address, d)
         if in_block and strategy.uses_continuation:
+            inside = in_block if isinstance(in_block, str) else "ppl.vmap or ppl.scan"
             raise ValueError(
                 f"{type(strategy).__name__.lower()} at address '{format_address(address)}' "
-                f"({name(d)}): continuation strategies are not available inside ppl.vmap or "
-                "ppl.scan; use reparam or reinforce there"
+                f"({name(d)}): continuation strategies are not available inside {inside}; "
+                "use reparam or reinforce there"
             )
         baseline = strategy.baseline
         if baseline is not None and baseline.deferred and self.particles < 2:
@@ -74,19 +82,43 @@ class Config:
             self.stateful[format_address(address)] = baseline
         return strategy
 
+    def resolve_log_expectation(self, address: Address) -> LogExpectationEstimator:
+        """The estimator chosen for the ``log_expectation`` term at ``address``."""
+        where = f"log_expectation at address '{format_address(address)}'"
+        estimator = self.strategies.get(address)
+        if estimator is None:
+            raise ValueError(
+                f"{where}: the log of an expectation has no unbiased gradient, so choose its "
+                "estimator: strategies={'%s': T.compositional(gamma) | T.self_normalized_bound() "
+                "| T.naive()}" % format_address(address)
+            )
+        self.used.add(address)
+        if not isinstance(estimator, LogExpectationEstimator):
+            raise ValueError(
+                f"{where}: {type(estimator).__name__} is a sample-site strategy; use "
+                "T.compositional, T.self_normalized_bound or T.naive"
+            )
+        if estimator.stateful:
+            self.stateful[format_address(address)] = estimator
+        return estimator
+
+    def estimator_state(self, address: Address, estimator: Any, kind: str = "estimator") -> Any:
+        """The state of a stateful baseline or log-expectation estimator (stopped gradient)."""
+        key = format_address(address)
+        if self.state is None or key not in self.state:
+            raise ValueError(
+                f"address '{key}' has a stateful {kind} ({type(estimator).__name__.strip('_')}): "
+                "create the state with estimator.init(*args) and pass state=... to value_and_grad"
+            )
+        return jax.tree_util.tree_map(sg, self.state[key])
+
     def baseline_value(self, address: Address, strategy: Strategy) -> jax.Array:
         baseline = strategy.baseline
         if baseline is None or baseline.deferred:
             return jnp.zeros(())
         if not baseline.stateful:
             return baseline.value((), self.args)
-        key = format_address(address)
-        if self.state is None or key not in self.state:
-            raise ValueError(
-                f"address '{key}' has a stateful baseline ({type(baseline).__name__.strip('_')}): "
-                "create the state with estimator.init(*args) and pass state=... to value_and_grad"
-            )
-        return sg(baseline.value(self.state[key], self.args))
+        return sg(baseline.value(self.estimator_state(address, baseline, "baseline"), self.args))
 
 
 class _Replace(Exception):
@@ -121,7 +153,12 @@ class EstimatorHandler(Handler):
     """Draws sites by strategy and records the ledger of one scope run."""
 
     def __init__(
-        self, key: jax.Array, subst: dict[Address, Any], config: Config, in_block: bool, base: Address = ()
+        self,
+        key: jax.Array,
+        subst: dict[Address, Any],
+        config: Config,
+        in_block: bool | str,
+        base: Address = (),
     ):
         super().__init__()
         # The absolute address of this handler's namespace (a block's address inside

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -262,3 +263,26 @@ def mvd() -> Strategy:
 def auto(max_enumeration: int = 64) -> Strategy:
     """The default policy; see :class:`Auto`."""
     return Auto(max_enumeration)
+
+
+class LogExpectationEstimator:
+    """Base class: how a :func:`log_expectation` term turns log weights into a gradient.
+
+    Subclasses define :meth:`log_scale` (the ``log`` of the normalizer ``s`` in
+    ``c_j = w_j / (M s)``) and :meth:`value`; stateful ones also ``init`` and
+    ``update`` (called with the batch values ``log Ẑ`` of every run of the step).
+    """
+
+    stateful = False
+
+    def init(self) -> Any:
+        return ()
+
+    def log_scale(self, state: Any, log_mean: jax.Array) -> jax.Array:
+        raise NotImplementedError
+
+    def value(self, state: Any, log_mean: jax.Array) -> jax.Array:
+        return log_mean
+
+    def update(self, state: Any, log_means: list[jax.Array], args: tuple) -> Any:
+        return state

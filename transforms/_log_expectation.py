@@ -1,0 +1,254 @@
+"""``log_expectation``: a term log E[exp ℓ] inside an objective, with a chosen estimator.
+
+The log of an expectation has no unbiased gradient estimator: for ``Ẑ`` the mean
+of M weights ``w_j = exp(ℓ_j)``, ``E[∇ log Ẑ] ≠ ∇ log E[w]``. Three estimators
+are offered, chosen per address at the call site like sample-site strategies::
+
+    est = objective.estimator(strategies={"log_partition": T.compositional(0.1)})
+
+Each gives the gradient ``Σ_j c_j ∇ℓ_j`` (pathwise; plus ``Σ_j (c_j − b_j) ∇ log
+q(z_j)`` for score-function sites inside the term) with its own coefficients
+``c_j``:
+
+- :func:`naive`: ``c_j = w_j / Σ_i w_i``, i.e. autodiff through ``log Ẑ``.
+  Biased (by Jensen, O(1/M)); a reference only.
+- :func:`compositional`: ``c_j = w_j / (M u_t)`` with the moving average
+  ``u_t = (1 − γ) u_{t−1} + γ Ẑ_t`` kept in the estimator state (as ``log u``).
+  This is MECO's (SCGD-style) estimator: biased at any step, consistent as the
+  tracker settles (``u_t → Z``, small γ); its coefficients are bounded by 1/γ,
+  so it does not overflow even when the proposal is far from the target.
+- :func:`self_normalized_bound`: replaces ``log Z`` by the upper bound
+  ``b + e^{−b} Z − 1 ≥ log Z`` (tight at ``b = log Z``), ``c_j = e^{ℓ_j − b}/M``,
+  with ``b`` kept in the estimator state and moved by its own Optax optimizer on
+  the same bound. Value and gradient are *unbiased* for the bound at the current
+  ``b``: the term's value is the bound, not ``log Ẑ``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from ppl.transforms._baselines import leave_one_out_mean
+from ppl.transforms._ledger import BlockEntry, SiteEntry
+from ppl.transforms._scope import EstimatorHandler, _cost_sum
+from ppl.transforms._strategies import LogExpectationEstimator, Reinforce, Reparam
+
+from ppl._choice_map import Address, as_address, format_address
+from ppl._handlers import current
+
+sg = jax.lax.stop_gradient
+
+
+def _log_mean_exp(x: jax.Array) -> jax.Array:
+    return jax.nn.logsumexp(x) - math.log(x.size)
+
+
+def _pooled(log_means: list[jax.Array]) -> jax.Array:
+    """``log`` of the mean weight over every run of one step (equal sample counts)."""
+    return _log_mean_exp(jnp.concatenate([jnp.ravel(m) for m in log_means]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Naive(LogExpectationEstimator):
+    """Autodiff through ``log Ẑ``: biased (Jensen); kept as the reference to beat."""
+
+    def log_scale(self, state: Any, log_mean: jax.Array) -> jax.Array:
+        return log_mean
+
+
+@dataclasses.dataclass(frozen=True)
+class Compositional(LogExpectationEstimator):
+    """MECO: ``∇ log Z ≈ Σ_j w_j ∇ℓ_j / (M u_t)``, ``u_t`` a moving average of ``Ẑ``."""
+
+    gamma: float = 0.1
+    stateful = True
+
+    def init(self) -> Any:
+        return {"log_average": jnp.zeros(()), "count": jnp.zeros((), jnp.int32)}
+
+    def _tracked(self, state: Any, log_mean: jax.Array) -> jax.Array:
+        if self.gamma == 1.0:
+            return log_mean
+        decayed = jnp.logaddexp(
+            math.log1p(-self.gamma) + state["log_average"], math.log(self.gamma) + log_mean
+        )
+        return jnp.where(state["count"] > 0, decayed, log_mean)
+
+    def log_scale(self, state: Any, log_mean: jax.Array) -> jax.Array:
+        return sg(self._tracked(state, log_mean))
+
+    def update(self, state: Any, log_means: list[jax.Array], args: tuple) -> Any:
+        return {"log_average": self._tracked(state, _pooled(log_means)), "count": state["count"] + 1}
+
+
+@dataclasses.dataclass(frozen=True)
+class SelfNormalizedBound(LogExpectationEstimator):
+    """``log Z ≤ b + e^{−b} Z − 1``; ``b`` in the state, moved by ``offset_optimizer``."""
+
+    offset_optimizer: optax.GradientTransformation = dataclasses.field(
+        default_factory=lambda: optax.adam(0.05)
+    )
+    stateful = True
+
+    def init(self) -> Any:
+        offset = jnp.zeros(())
+        return {
+            "offset": offset,
+            "opt_state": self.offset_optimizer.init(offset),
+            "count": jnp.zeros((), jnp.int32),
+        }
+
+    def _offset(self, state: Any, log_mean: jax.Array) -> jax.Array:
+        # Before the first update the offset starts at the first batch's log Ẑ.
+        return sg(jnp.where(state["count"] > 0, state["offset"], log_mean))
+
+    def log_scale(self, state: Any, log_mean: jax.Array) -> jax.Array:
+        return self._offset(state, log_mean)
+
+    def value(self, state: Any, log_mean: jax.Array) -> jax.Array:
+        b = self._offset(state, log_mean)
+        return b + jnp.expm1(log_mean - b)
+
+    def update(self, state: Any, log_means: list[jax.Array], args: tuple) -> Any:
+        pooled = _pooled(log_means)
+        offset = jnp.where(state["count"] > 0, state["offset"], pooled)
+        # d/db [b + e^{log Ẑ − b} − 1]; the exponent is capped only to keep the
+        # offset's own optimizer finite (the step direction is unchanged).
+        grad = -jnp.expm1(jnp.minimum(pooled - offset, 30.0))
+        updates, opt_state = self.offset_optimizer.update(grad, state["opt_state"], offset)
+        return {
+            "offset": optax.apply_updates(offset, updates),
+            "opt_state": opt_state,
+            "count": state["count"] + 1,
+        }
+
+
+def naive() -> LogExpectationEstimator:
+    """Plain autodiff through the log of the minibatch mean (biased); see :class:`Naive`."""
+    return Naive()
+
+
+def compositional(gamma: float = 0.1) -> LogExpectationEstimator:
+    """MECO's moving-average estimator (stateful); see :class:`Compositional`.
+
+    ``gamma`` in (0, 1] is the tracker's step: small values track ``Z`` closely
+    once settled (less bias) but follow a moving ``Z`` slowly. ``gamma = 1`` is
+    :func:`naive`. Momentum on the gradient, as in the paper, is an optimizer
+    choice: ``optax.chain(optax.ema(1 - beta, debias=False), optax.sgd(lr))``.
+    """
+    if not 0.0 < gamma <= 1.0:
+        raise ValueError(f"compositional: gamma must be in (0, 1], got {gamma}")
+    return Compositional(float(gamma))
+
+
+def self_normalized_bound(
+    offset_optimizer: optax.GradientTransformation | None = None,
+) -> LogExpectationEstimator:
+    """The unbiased-for-a-bound estimator (stateful); see :class:`SelfNormalizedBound`.
+
+    ``offset_optimizer`` moves ``b`` on the same bound (default ``optax.adam(0.05)``).
+    """
+    return SelfNormalizedBound(offset_optimizer or optax.adam(0.05))
+
+
+def log_expectation(
+    address: str | Address, program: Callable[..., Any], *args: Any, samples: int
+) -> jax.Array:
+    """``log E[exp ℓ]`` inside an objective program, by the estimator chosen for ``address``.
+
+    ``program(*args)`` is run ``samples`` times independently; its sample sites
+    live at ``address/...`` and follow their strategies (``reparam``, or
+    ``reinforce`` with no baseline or ``leave_one_out`` across the samples), and
+    its added costs plus its return value are the log weight ``ℓ_j``. Returns
+    ``log Ẑ``, ``Ẑ = mean_j exp ℓ_j`` (for :func:`self_normalized_bound`, the
+    bound), carrying the chosen estimator's gradient.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, numpyro.distributions as dist, ppl
+        >>> from ppl import transforms as T
+        >>> def log_weight(theta):
+        ...     z = ppl.sample("z", dist.Normal(0.0, 1.0))
+        ...     return -0.5 * (z - theta) ** 2 + 0.5 * z**2
+        >>> @T.expectation
+        ... def log_partition(theta):
+        ...     return T.log_expectation("log_Z", log_weight, theta, samples=16)
+        >>> est = log_partition.estimator(strategies={"log_Z": T.compositional(0.1)})
+        >>> state = est.init(1.0)
+        >>> (value, grad), state = est.value_and_grad(jax.random.key(0), 1.0, state=state)
+    """
+    handler = current()
+    if not isinstance(handler, EstimatorHandler):
+        raise RuntimeError("log_expectation is only available inside an @expectation objective program")
+    if not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"log_expectation at '{address}': samples must be a positive int, got {samples!r}")
+    local = as_address(address)
+    handler.claim(local, "log_expectation")
+    full = handler.base + handler._prefix + local
+    where = f"log_expectation at address '{format_address(full)}'"
+    config = dataclasses.replace(handler.config, particles=samples)
+    keys = jax.random.split(handler.next_key(), samples)
+
+    def one(key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        inner = EstimatorHandler(key, {}, config, in_block=where, base=full)
+        with inner:
+            ret = program(*args)
+            inner.add_cost(ret, f"{where}: the program's return value (the log weight)")
+        if inner.aux.deferred or inner.aux.stats:
+            raise ValueError(f"{where}: nested leave-one-out or stateful baselines are not supported inside")
+        plain, loo = _scores(inner.entries, full)
+        return _cost_sum(inner.entries), plain, loo
+
+    log_weights, plain_scores, loo_scores = jax.vmap(one)(keys)
+    log_mean = sg(_log_mean_exp(log_weights))
+    if config.plain:
+        return log_mean
+    estimator = config.resolve_log_expectation(full)
+    state = config.estimator_state(full, estimator) if estimator.stateful else ()
+    if estimator.stateful:
+        handler.aux.stats.append((format_address(full), log_mean))
+    coefficients = sg(jnp.exp(log_weights - estimator.log_scale(state, log_mean))) / samples
+    surrogate = jnp.sum(coefficients * (log_weights - sg(log_weights)))
+    surrogate = surrogate + jnp.sum(coefficients * plain_scores)
+    if samples > 1:
+        surrogate = surrogate + jnp.sum(
+            (coefficients - leave_one_out_mean(coefficients, axis=0)) * loo_scores
+        )
+    return sg(estimator.value(state, log_mean)) + surrogate
+
+
+def _scores(entries: list[Any], base: Address) -> tuple[jax.Array, jax.Array]:
+    """Zero-valued score sums ``Σ (log q − sg log q)`` of the score-function sites.
+
+    Split by baseline: none, and leave-one-out across the term's samples.
+    """
+    plain = loo = jnp.zeros(())
+    for e in entries:
+        if isinstance(e, BlockEntry):
+            inner_plain, inner_loo = _scores(e.entries, base)
+            plain, loo = plain + inner_plain, loo + inner_loo
+            continue
+        if not isinstance(e, SiteEntry) or e.strategy is None or isinstance(e.strategy, Reparam):
+            continue
+        site = f"address '{format_address(base + e.address)}' (inside a log_expectation)"
+        if not isinstance(e.strategy, Reinforce):
+            raise ValueError(
+                f"{site}: {type(e.strategy).__name__} is not available here; use reparam or reinforce"
+            )
+        baseline = e.strategy.baseline
+        score = jnp.sum(e.log_prob - sg(e.log_prob))
+        if baseline.deferred:
+            loo = loo + score
+        elif getattr(baseline, "c", None) == 0.0:
+            plain = plain + score
+        else:
+            raise ValueError(
+                f"{site}: only reinforce() or reinforce(leave_one_out()) are available inside a "
+                f"log_expectation, got the baseline {type(baseline).__name__.strip('_')}"
+            )
+    return plain, loo

@@ -5,5 +5,7 @@
 - :mod:`ppl.models.vae`: the Table 1 VAE trained on scikit-learn's digits with six objectives;
 - :mod:`ppl.models.sbn`: a sigmoid belief net VAE with 32 Bernoulli latents, trained with
   score-function and measure-valued estimators;
+- :mod:`ppl.models.unnormalized`: maximum likelihood for energy models (MECO's compositional
+  estimator, the self-normalized bound, NCE, naive autodiff) on 1D, 2D and digits data;
 - :mod:`ppl.models.quickstart`: one model, one hand-written ELBO, five strategies.
 """

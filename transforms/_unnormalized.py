@@ -91,6 +91,12 @@ def unnormalized_nll(
     ``noise`` must have batch shape ``()``, events shaped like one datum, and
     the model's ``support`` (default: the reals).
 
+    A parameter that only shifts ``log p̃`` by a constant (NCE's learned ``c``)
+    leaves the NLL unchanged, and :func:`naive` gives it an exactly zero
+    gradient; :func:`compositional` and :func:`self_normalized_bound` give it a
+    zero-mean noise (``1 − Ẑ/u_t``, ``1 − e^{−b} Ẑ``) that an adaptive optimizer
+    turns into a random walk: keep such parameters out of the optimized set.
+
     Example:
         >>> import jax, jax.numpy as jnp, numpyro.distributions as dist
         >>> from ppl import transforms as T

@@ -115,8 +115,9 @@ def test_bound_is_tight_at_log_z_and_above_it_elsewhere() -> None:
     assert_unbiased((values, gs), (log_z, jax.grad(exact_log_z)(THETA)), "bound tight at b = log Z")
 
 
-def test_bound_offset_learns_log_z() -> None:
-    est = log_partition.estimator(strategies={"log_Z": T.self_normalized_bound(optax.adam(0.05))})
+@pytest.mark.parametrize("offset_optimizer", [None, optax.adam(0.05)], ids=["mirror", "adam"])
+def test_bound_offset_learns_log_z(offset_optimizer) -> None:
+    est = log_partition.estimator(strategies={"log_Z": T.self_normalized_bound(0.02, offset_optimizer)})
     state = est.init(THETA)
     step = jax.jit(lambda k, s: est.value_and_grad(k, THETA, state=s)[1])
     for i in range(1500):
@@ -290,6 +291,8 @@ def test_missing_state_and_bad_arguments() -> None:
         est.value_and_grad(jax.random.key(0), THETA)
     with pytest.raises(ValueError, match="gamma must be in \\(0, 1\\]"):
         T.compositional(0.0)
+    with pytest.raises(ValueError, match="self_normalized_bound: gamma must be in \\(0, 1\\)"):
+        T.self_normalized_bound(1.0)
 
     @T.expectation
     def no_samples(theta):

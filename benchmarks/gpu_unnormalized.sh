@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One prepared GPU session (device tool) for issue 4: the digits energy model at full scale
+# (ppl.models.unnormalized --scale full), the 2D sets at full scale, and the step-time
+# comparison of ours vs hand-written JAX at compute-bound sizes. Writes to $OUT.
+# Usage there: bash benchmarks/gpu_unnormalized.sh   (no carry needed)
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
+ROOT="$PWD"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
+
+# Our package from the working tree, uninstalled: ppl/ with transforms/ and models/ linked in
+# as ppl.transforms and ppl.models (setuptools' package-dir mapping, by symlinks).
+mkdir -p /tmp/pplroot/ppl
+for f in "$ROOT"/ppl/*; do ln -sfn "$f" /tmp/pplroot/ppl/; done
+ln -sfn "$ROOT/transforms" /tmp/pplroot/ppl/transforms
+ln -sfn "$ROOT/models" /tmp/pplroot/ppl/models
+export PYTHONPATH="/tmp/pplroot${PYTHONPATH:+:$PYTHONPATH}"
+(cd /tmp && python3 -c "import ppl.transforms, jax; print('ppl from', ppl.__file__, 'jax', jax.__version__, jax.devices())") 2>&1 | tail -3
+
+# 1. Step times, ours vs hand-written JAX (D = 2 and 64, batches up to 65536).
+timeout 150 python3 benchmarks/unnormalized_overhead.py --dims 2,64 --batches 256,4096,65536 \
+  --repeats 100 --rounds 10 --compiles 1 --json "$OUT/unnormalized_overhead-gpu.json" 2>&1 \
+  | tee "$OUT/unnormalized_overhead-gpu.txt"
+# 2. Digits at full scale (3 seeds, fitted and narrow noise), then the 2D sets at full scale.
+timeout 240 python3 -m ppl.models.unnormalized --scale full --sections digits --digits-noises fitted,narrow \
+  --no-progress --json "$OUT/unnormalized-digits-gpu.json" 2>&1 | tee "$OUT/unnormalized-digits-gpu.txt"
+timeout 120 python3 -m ppl.models.unnormalized --scale full --sections toy --no-progress \
+  --json "$OUT/unnormalized-toy-gpu.json" 2>&1 | tee "$OUT/unnormalized-toy-gpu.txt"

@@ -6,17 +6,9 @@
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
-ROOT="$PWD"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
 
-# Our package from the working tree, uninstalled: ppl/ with transforms/ and models/ linked in
-# as ppl.transforms and ppl.models (setuptools' package-dir mapping, by symlinks).
-mkdir -p /tmp/pplroot/ppl
-for f in "$ROOT"/ppl/*; do ln -sfn "$f" /tmp/pplroot/ppl/; done
-ln -sfn "$ROOT/transforms" /tmp/pplroot/ppl/transforms
-ln -sfn "$ROOT/models" /tmp/pplroot/ppl/models
-export PYTHONPATH="/tmp/pplroot${PYTHONPATH:+:$PYTHONPATH}"
-(cd /tmp && python3 -c "import ppl.transforms, jax; print('ppl from', ppl.__file__, 'jax', jax.__version__, jax.devices())") 2>&1 | tail -3
+source benchmarks/gpu_setup.sh
 
 # 1. Step times, ours vs hand-written JAX (D = 2 and 64, batches up to 65536).
 timeout 150 python3 benchmarks/unnormalized_overhead.py --dims 2,64 --batches 256,4096,65536 \

@@ -8,7 +8,6 @@ export PYTHONUNBUFFERED=1
 # Two JAX processes share the GPU (ours, then the GenJAX peer): allocate on demand.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
-ROOT="$PWD"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
 
 # GenJAX 1.0.14 and its dependencies from the carried wheels (no network there), for the peer only.
@@ -21,14 +20,7 @@ EOF
 chmod +x /tmp/genjax-python
 /tmp/genjax-python -c "import genjax, jax; from importlib import metadata; print('genjax', metadata.version('genjax'), 'jax', jax.__version__)" 2>&1 | tail -3 | tee -a "$OUT/pip.txt"
 
-# Our package from the working tree, uninstalled: ppl/ with transforms/ and models/ linked in
-# as ppl.transforms and ppl.models (setuptools' package-dir mapping, by symlinks).
-mkdir -p /tmp/pplroot/ppl
-for f in "$ROOT"/ppl/*; do ln -sfn "$f" /tmp/pplroot/ppl/; done
-ln -sfn "$ROOT/transforms" /tmp/pplroot/ppl/transforms
-ln -sfn "$ROOT/models" /tmp/pplroot/ppl/models
-export PYTHONPATH="/tmp/pplroot${PYTHONPATH:+:$PYTHONPATH}"
-(cd /tmp && python3 -c "import ppl.transforms, jax; print('ppl from', ppl.__file__, 'jax', jax.__version__, jax.devices())") 2>&1 | tail -3
+source benchmarks/gpu_setup.sh
 
 # The issue's batches plus one compute-bound size; one compile per function (the whole script
 # must fit one device command and leave budget to rerun it).

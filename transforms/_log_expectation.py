@@ -219,7 +219,7 @@ def log_expectation(
             ret = program(*args)
             inner.add_cost(ret, f"{where}: the program's return value (the log weight)")
         if inner.aux.deferred or inner.aux.stats:
-            raise ValueError(f"{where}: nested leave-one-out or stateful baselines are not supported inside")
+            raise ValueError(f"{where}: nested leave-one-out or stateful baselines are not available in it")
         plain, loo = _scores(inner.entries, full)
         return _cost_sum(inner.entries), plain, loo
 

@@ -15,6 +15,7 @@ same random numbers for the later ones).
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 from collections.abc import Callable
@@ -265,7 +266,7 @@ def auto(max_enumeration: int = 64) -> Strategy:
     return Auto(max_enumeration)
 
 
-class LogExpectationEstimator:
+class LogExpectationEstimator(abc.ABC):
     """Base class: how a :func:`log_expectation` term turns log weights into a gradient.
 
     Subclasses define :meth:`log_scale` (the ``log`` of the normalizer ``s`` in
@@ -278,8 +279,9 @@ class LogExpectationEstimator:
     def init(self) -> Any:
         return ()
 
+    @abc.abstractmethod
     def log_scale(self, state: Any, log_mean: jax.Array) -> jax.Array:
-        raise NotImplementedError
+        """``log s``: the coefficients are ``c_j = exp(ℓ_j − log s) / M``."""
 
     def value(self, state: Any, log_mean: jax.Array) -> jax.Array:
         return log_mean

@@ -1,0 +1,1 @@
+"""EM for multi-view 3D part segmentation (PartSLIP++) as a probabilistic program."""

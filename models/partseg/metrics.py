@@ -146,7 +146,7 @@ def ap50(
     return (float(np.nanmean(aps)) if np.any(n_gt) else float("nan")), aps
 
 
-def _majority(superpoints: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def majority(superpoints: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """``(S,)`` the most frequent label (−1 allowed) among each superpoint's points."""
     if superpoints.shape != labels.shape:
         raise ValueError(f"superpoints {superpoints.shape} and labels {labels.shape} do not match")
@@ -167,7 +167,7 @@ def superpoint_purity(superpoints: np.ndarray, instance: np.ndarray) -> float:
 
 def upper_bound(shape: Shape, superpoints: np.ndarray) -> Instances:
     """The best instances the superpoints allow (see the module docstring)."""
-    major = _majority(superpoints, shape.instance)
+    major = majority(superpoints, shape.instance)
     point_instance = major[superpoints]
     gt_sem = shape.instance_semantic()
     point_instance = np.where(

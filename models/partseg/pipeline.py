@@ -95,3 +95,24 @@ def segment(
         num_classes,
         superpoints=example.superpoints,
     )
+
+
+#: The benchmark's rows: name → (method, EM settings). ``em-converge`` runs the M-step
+#: toward convergence (20 Adam steps per view instead of the paper's one).
+VARIANTS: dict[str, tuple[str, em.EMConfig | None]] = {
+    "heuristic": ("heuristic", None),
+    "em-hard": ("em", em.EMConfig()),
+    "em-soft": ("em", em.EMConfig(e_step="soft")),
+    "em-converge": ("em", em.EMConfig(m_steps=20, learning_rate=0.1)),
+    "em-random": ("em-random", em.EMConfig()),
+    "em-truth": ("em-truth", em.EMConfig()),
+    "truth": ("truth", None),
+}
+
+
+def run_variant(example: Example, name: str, key: jax.Array | None = None) -> postprocess.Instances:
+    """``segment`` with the settings of benchmark row ``name`` (see :data:`VARIANTS`)."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+    method, config = VARIANTS[name]
+    return segment(example, method, key, config)

@@ -50,10 +50,18 @@ UNUSED = -1e4
 
 
 def binomial_logits(logits: jax.Array) -> jax.Array:
-    """``log p − log(1 − p)`` per superpoint and instance: ``ℓ_k − logsumexp_{j≠k} ℓ_j``."""
-    num = logits.shape[-1]
-    others = jnp.where(jnp.eye(num, dtype=bool), -jnp.inf, logits[..., None, :])
-    return logits - jax.nn.logsumexp(others, axis=-1)
+    """``log p − log(1 − p)`` per superpoint and instance, ``log(1 − p_k) = logsumexp_{j≠k} ℓ_j − lse``.
+
+    In O(K) per superpoint: for every instance but the most likely one ``p ≤ 1/2``,
+    so ``log1p(−p)`` is exact; for the most likely one (``p`` may round to 1 at the
+    saturated start) the others' logsumexp is taken directly.
+    """
+    lse = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+    log_p = logits - lse
+    top = jax.nn.one_hot(jnp.argmax(logits, -1), logits.shape[-1], dtype=bool)
+    others = jax.nn.logsumexp(jnp.where(top, -jnp.inf, logits), axis=-1, keepdims=True) - lse
+    safe = jnp.where(top, -1.0, log_p)  # keeps the unselected branch's gradient finite
+    return log_p - jnp.where(top, others, jnp.log1p(-jnp.exp(safe)))
 
 
 @ppl.gen
@@ -85,12 +93,15 @@ def expected_log_likelihood(logits: jax.Array, counts: jax.Array, totals: jax.Ar
     The site ``match`` draws one (label, instance) pair with probability
     ``P[m, k] / ΣP``; the return value is ``ΣP · log p(C[m] | k)``, so the
     expectation is the E-step's expected complete-data log-likelihood. Estimate
-    it with ``strategies={"match": T.enum()}`` for the exact value and gradient.
+    it with ``strategies={"match": T.enum()}`` for the exact gradient. The
+    log-likelihoods of all pairs are :func:`label_counts`' densities, evaluated at
+    once in matrix form (:func:`cost_matrix`, equal to the program's density), so
+    enumerating the pairs costs one gather each.
     """
     weight = jnp.sum(marginals)
+    loglik = -cost_matrix(logits, counts, totals)
     pair = ppl.sample("match", dist.Categorical(probs=jnp.ravel(marginals) / weight))
-    m, k = jnp.divmod(pair, marginals.shape[1])
-    return weight * T.density(label_counts, {"counts": counts[m]}, logits, k, totals)
+    return weight * jnp.ravel(loglik)[pair]
 
 
 # -- E-steps ---------------------------------------------------------------------------------

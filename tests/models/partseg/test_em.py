@@ -84,6 +84,17 @@ def test_count_form_equals_the_per_pixel_one_vs_all_likelihood() -> None:
     assert np.isclose(float(density), -float(sum(cost[m, matching[m]] for m in range(4))), rtol=1e-5)
 
 
+@pytest.mark.parametrize("scale", [0.5, 5.0, 40.0])
+def test_binomial_logits_match_the_direct_logsumexp_over_the_others(scale) -> None:
+    logits = jax.random.normal(jax.random.key(0), (50, 7)) * scale
+    logits = logits.at[:, 3].set(jnp.where(jnp.arange(50) < 10, 28.0, logits[:, 3]))  # saturated rows
+    others = jnp.where(jnp.eye(7, dtype=bool), -jnp.inf, logits[:, None, :])
+    direct = logits - jax.nn.logsumexp(others, axis=-1)
+    assert np.allclose(em.binomial_logits(logits), direct, rtol=1e-5, atol=1e-4)
+    grad = jax.grad(lambda l: jnp.sum(jnp.sin(em.binomial_logits(l))))(logits)
+    assert jnp.all(jnp.isfinite(grad))
+
+
 def test_saturated_logits_give_finite_likelihood_and_gradient_under_jit() -> None:
     truth, counts, totals, label_valid = synthetic_views()
     logits, slot_valid = em.initial_logits(truth)

@@ -98,7 +98,7 @@ def expected_log_likelihood(logits: jax.Array, counts: jax.Array, totals: jax.Ar
     once in matrix form (:func:`cost_matrix`, equal to the program's density), so
     enumerating the pairs costs one gather each.
     """
-    weight = jnp.sum(marginals)
+    weight = jnp.maximum(jnp.sum(marginals), 1e-12)  # every label may be an outlier
     loglik = -cost_matrix(logits, counts, totals)
     pair = ppl.sample("match", dist.Categorical(probs=jnp.ravel(marginals) / weight))
     return weight * jnp.ravel(loglik)[pair]
@@ -222,7 +222,10 @@ def random_logits(
 class EMConfig:
     """``e_step``: "hard" (Hungarian) or "soft" (Sinkhorn marginals at ``temperature``);
     ``epochs`` passes over the views in shuffled order, ``m_steps`` Adam steps of rate
-    ``learning_rate`` per view (the paper: 10 epochs, 1 step, rate 1)."""
+    ``learning_rate`` per view (the paper: 10 epochs, 1 step, rate 1). With
+    ``outlier_rate`` ρ a label may also stay unmatched (a false positive or a split
+    mask), its counts then ``Binomial(N, ρ)`` whatever the instances: it adds no
+    M-step term. ``None`` is the paper's model: every label is matched."""
 
     e_step: str = "hard"
     epochs: int = 10
@@ -230,18 +233,41 @@ class EMConfig:
     learning_rate: float = 1.0
     temperature: float = 1.0
     sinkhorn_iters: int = 100
+    outlier_rate: float | None = None
 
 
 _M_STEP = expected_log_likelihood.estimator(strategies={"match": T.enum()}, jit=False)
 
 
-def e_step(cost: jax.Array, label_valid: jax.Array, slot_valid: jax.Array, config: EMConfig) -> jax.Array:
-    """The E-step's marginals ``P[m, k]`` for one view, from its cost matrix."""
+def e_step(
+    cost: jax.Array,
+    label_valid: jax.Array,
+    slot_valid: jax.Array,
+    config: EMConfig,
+    counts: jax.Array | None = None,
+    totals: jax.Array | None = None,
+) -> jax.Array:
+    """The E-step's marginals ``P[m, k]`` for one view, from its cost matrix.
+
+    With ``config.outlier_rate``, ``counts``/``totals`` give each label's cost of
+    staying unmatched (one private "null" column per label).
+    """
+    num_labels, num_slots = cost.shape
+    if config.outlier_rate is not None:
+        rho = config.outlier_rate
+        null = -jnp.sum(dist.Binomial(totals, probs=rho).log_prob(counts), -1)
+        null_block = jnp.where(jnp.eye(num_labels, dtype=bool), null[:, None], 1e9)
+        cost = jnp.concatenate([cost, null_block], 1)
+        slot_valid = jnp.concatenate([slot_valid, jnp.ones(num_labels, bool)])
     if config.e_step == "hard":
-        return hard_marginals(cost, label_valid, slot_valid)
-    if config.e_step == "soft":
-        return sinkhorn_marginals(cost, label_valid, slot_valid, config.temperature, config.sinkhorn_iters)
-    raise ValueError(f"e_step must be 'hard' or 'soft', got {config.e_step!r}")
+        marginals = hard_marginals(cost, label_valid, slot_valid)
+    elif config.e_step == "soft":
+        marginals = sinkhorn_marginals(
+            cost, label_valid, slot_valid, config.temperature, config.sinkhorn_iters
+        )
+    else:
+        raise ValueError(f"e_step must be 'hard' or 'soft', got {config.e_step!r}")
+    return marginals[:, :num_slots]
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
@@ -270,7 +296,9 @@ def run_em(
     def alternation(carry: tuple[jax.Array, Any], v: jax.Array) -> tuple[tuple[jax.Array, Any], jax.Array]:
         logits, opt_state = carry
         cost = cost_matrix(logits, counts[v], totals[v])
-        marginals = jax.lax.stop_gradient(e_step(cost, label_valid[v], slot_valid, config))
+        marginals = jax.lax.stop_gradient(
+            e_step(cost, label_valid[v], slot_valid, config, counts[v], totals[v])
+        )
         expected = -jnp.sum(marginals * cost)  # Q at the E-step's logits, exact
 
         def m_step(_: int, inner: tuple[jax.Array, Any]) -> tuple[jax.Array, Any]:

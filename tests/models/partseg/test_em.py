@@ -249,3 +249,19 @@ def test_counts_reject_mismatched_views_and_absent_points() -> None:
         count_evidence(views, Masks(masks.masks, masks.mask_class, bad), superpoints)
     with pytest.raises(ValueError, match="views reference point 29, but there are 10 points"):
         count_evidence(views, masks, superpoints[:10])
+
+
+def test_outlier_option_leaves_a_split_mask_unmatched() -> None:
+    truth, counts, totals, label_valid = synthetic_views(seed=2)
+    logits, slot_valid = em.initial_logits(truth)
+    logits, slot_valid = jnp.asarray(logits), jnp.asarray(slot_valid)
+    v = 0
+    part = counts[v, 0] > 0  # label 0 covers one whole instance; split it: a label on half its superpoints
+    half = part & (jnp.cumsum(part) <= jnp.sum(part) // 2)
+    split = counts[v].at[6].set(jnp.where(half, counts[v, 0], 0.0))
+    valid = label_valid[v].at[6].set(True)
+    cost = em.cost_matrix(logits, split, totals[v])
+    paper = em.e_step(cost, valid, slot_valid, em.EMConfig())
+    robust = em.e_step(cost, valid, slot_valid, em.EMConfig(outlier_rate=0.05), split, totals[v])
+    assert paper[6].sum() == 1.0  # the paper's model must match it to some instance
+    assert robust[6].sum() == 0.0 and np.array_equal(robust[:6], paper[:6])

@@ -7,5 +7,7 @@
   score-function and measure-valued estimators;
 - :mod:`ppl.models.unnormalized`: maximum likelihood for energy models (MECO's compositional
   estimator, the self-normalized bound, NCE, naive autodiff) on 1D, 2D and digits data;
+- :mod:`ppl.models.partseg`: PartSLIP++'s EM for multi-view 3D part segmentation as a
+  program, on generated furniture, beside the PartSLIP heuristic;
 - :mod:`ppl.models.quickstart`: one model, one hand-written ELBO, five strategies.
 """

@@ -32,6 +32,17 @@ def truth_superpoint_instances(example: Example) -> np.ndarray:
     return metrics.majority(example.superpoints, example.shape.instance)
 
 
+def largest_instances(instances: np.ndarray, limit: int) -> np.ndarray:
+    """Renumber to ``0..n−1``, keeping at most the ``limit`` largest instances (by superpoint
+    count); the rest become −1 (the EM's "rest" slot)."""
+    labels = postprocess.relabel(instances)
+    sizes = np.bincount(labels[labels >= 0])
+    if sizes.size <= limit:
+        return labels
+    keep = np.sort(np.argsort(-sizes, kind="stable")[:limit])
+    return postprocess.relabel(np.where(np.isin(labels, keep), labels, -1))
+
+
 def em_instances(
     example: Example, start: np.ndarray | None, key: jax.Array, config: em.EMConfig | None = None
 ) -> np.ndarray:
@@ -41,15 +52,15 @@ def em_instances(
         raise ValueError(f"{num} superpoints exceed MAX_SUPERPOINTS = {MAX_SUPERPOINTS}")
     ev = count_evidence(example.views, example.masks, example.superpoints, MAX_LABELS, MAX_SUPERPOINTS)
     init_key, run_key = jax.random.split(key)
-    heuristic_start = heuristic.heuristic_instances(
-        example.shape.points, example.superpoints, example.views, example.masks
-    )
     if start is None:
+        heuristic_start = heuristic.heuristic_instances(
+            example.shape.points, example.superpoints, example.views, example.masks
+        )
         used = min(int(postprocess.relabel(heuristic_start).max()) + 8, em.MAX_INSTANCES)
         logits, slot_valid = em.random_logits(init_key, MAX_SUPERPOINTS, used)
     else:
         padded = np.full(MAX_SUPERPOINTS, -1)
-        padded[:num] = postprocess.relabel(start)
+        padded[:num] = largest_instances(start, em.MAX_INSTANCES - 1)
         logits, slot_valid = em.initial_logits(padded)
     out, _ = em.run_em(
         jnp.asarray(logits),

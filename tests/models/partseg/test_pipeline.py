@@ -38,3 +38,10 @@ def test_truth_start_with_clean_masks_stays_near_truth() -> None:
 def test_unknown_method_is_an_error(chairs) -> None:
     with pytest.raises(ValueError, match="unknown method 'em-hard'"):
         pipeline.segment(chairs[0], "em-hard")
+
+
+def test_too_many_initial_instances_keep_the_largest() -> None:
+    start = np.array([5, 5, 5, 2, 2, 9, -1, 7, 7, 7, 7])
+    capped = pipeline.largest_instances(start, 2)
+    assert set(capped[capped >= 0]) == {0, 1}
+    assert np.all(capped[[5, 3, 4, 6]] == -1) and capped[0] != capped[7]

@@ -51,6 +51,12 @@ def _log_mean_exp(x: jax.Array) -> jax.Array:
     return jax.nn.logsumexp(x) - math.log(x.size)
 
 
+def _log_moving_average(state: Any, name: str, log_value: jax.Array, gamma: float) -> jax.Array:
+    """``log((1 − γ) e^{state[name]} + γ e^{log_value})``, or ``log_value`` before the first update."""
+    decayed = jnp.logaddexp(math.log1p(-gamma) + state[name], math.log(gamma) + log_value)
+    return jnp.where(state["count"] > 0, decayed, log_value)
+
+
 def _pooled(log_means: list[jax.Array]) -> jax.Array:
     """``log`` of the mean weight over every run of one step (equal sample counts)."""
     return _log_mean_exp(jnp.concatenate([jnp.ravel(m) for m in log_means]))
@@ -77,10 +83,7 @@ class Compositional(LogExpectationEstimator):
     def _tracked(self, state: Any, log_mean: jax.Array) -> jax.Array:
         if self.gamma == 1.0:
             return log_mean
-        decayed = jnp.logaddexp(
-            math.log1p(-self.gamma) + state["log_average"], math.log(self.gamma) + log_mean
-        )
-        return jnp.where(state["count"] > 0, decayed, log_mean)
+        return _log_moving_average(state, "log_average", log_mean, self.gamma)
 
     def log_scale(self, state: Any, log_mean: jax.Array) -> jax.Array:
         return sg(self._tracked(state, log_mean))
@@ -125,12 +128,11 @@ class SelfNormalizedBound(LogExpectationEstimator):
 
     def update(self, state: Any, log_means: list[jax.Array], args: tuple) -> Any:
         pooled = _pooled(log_means)
-        offset = jnp.where(state["count"] > 0, state["offset"], pooled)
         new = dict(state, count=state["count"] + 1)
         if self.offset_optimizer is None:
-            step = jnp.logaddexp(math.log1p(-self.gamma) + offset, math.log(self.gamma) + pooled)
-            new["offset"] = jnp.where(state["count"] > 0, step, pooled)
+            new["offset"] = _log_moving_average(state, "offset", pooled, self.gamma)
             return new
+        offset = jnp.where(state["count"] > 0, state["offset"], pooled)
         # ∂_b of the bound; the exponent is capped only to keep the optimizer finite.
         grad = -jnp.expm1(jnp.minimum(pooled - offset, 30.0))
         updates, new["opt_state"] = self.offset_optimizer.update(grad, state["opt_state"], offset)

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from ppl.models.partseg.postprocess import Instances
-from ppl.models.partseg.superpoints import purity
+from ppl.models.partseg.superpoints import majority, purity
 from ppl.models.partseg.types import Shape
 
 
@@ -144,17 +144,6 @@ def ap50(
         tp = np.array([h[1] for h in pooled[c]])
         aps[c] = average_precision(tp[np.argsort(-score, kind="stable")], int(n_gt[c]), partnet_sentinel)
     return (float(np.nanmean(aps)) if np.any(n_gt) else float("nan")), aps
-
-
-def majority(superpoints: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """``(S,)`` the most frequent label (−1 allowed) among each superpoint's points."""
-    if superpoints.shape != labels.shape:
-        raise ValueError(f"superpoints {superpoints.shape} and labels {labels.shape} do not match")
-    s = int(superpoints.max()) + 1 if superpoints.size else 0
-    shifted = labels.astype(np.int64) + 1  # −1 → 0
-    table = np.zeros((s, int(shifted.max(initial=0)) + 1), np.int64)
-    np.add.at(table, (superpoints, shifted), 1)
-    return table.argmax(1) - 1
 
 
 def superpoint_purity(superpoints: np.ndarray, instance: np.ndarray) -> float:

@@ -20,6 +20,7 @@ import numpy as np
 from ppl.models.partseg import em, heuristic, metrics, postprocess
 from ppl.models.partseg.counts import count_evidence
 from ppl.models.partseg.data import Example, validate
+from ppl.models.partseg.superpoints import majority
 from ppl.models.partseg.types import PART_CLASSES
 
 MAX_LABELS = 40
@@ -29,7 +30,7 @@ METHODS = ("heuristic", "em", "em-random", "em-truth", "truth")
 
 def truth_superpoint_instances(example: Example) -> np.ndarray:
     """Each superpoint's majority ground-truth instance (−1 for unlabeled majorities)."""
-    return metrics.majority(example.superpoints, example.shape.instance)
+    return majority(example.superpoints, example.shape.instance)
 
 
 def largest_instances(instances: np.ndarray, limit: int) -> np.ndarray:

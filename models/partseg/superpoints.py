@@ -103,10 +103,18 @@ def superpoints(
     return out
 
 
+def majority(superpoints: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``(S,)`` the most frequent label (−1 allowed) among each superpoint's points."""
+    if superpoints.shape != labels.shape:
+        raise ValueError(f"superpoints {superpoints.shape} and labels {labels.shape} do not match")
+    s = int(superpoints.max()) + 1 if superpoints.size else 0
+    shifted = labels.astype(np.int64) + 1  # −1 → 0
+    table = np.zeros((s, int(shifted.max(initial=0)) + 1), np.int64)
+    np.add.at(table, (superpoints, shifted), 1)
+    return table.argmax(1) - 1
+
+
 def purity(superpoint: np.ndarray, instance: np.ndarray) -> float:
     """Fraction of points whose superpoint's majority instance (−1 counts as a class) is their own."""
     superpoint = np.asarray(superpoint, np.int64)
-    label = np.asarray(instance, np.int64) + 1
-    table = np.zeros((superpoint.max() + 1, label.max() + 1), np.int64)
-    np.add.at(table, (superpoint, label), 1)
-    return float(table.max(1).sum() / len(superpoint))
+    return float(np.mean(majority(superpoint, np.asarray(instance))[superpoint] == instance))

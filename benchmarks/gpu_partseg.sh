@@ -3,14 +3,15 @@
 # (python -m ppl.models.partseg) at full resolution, 512² renders, every row of pipeline.VARIANTS.
 # Writes to $OUT. Usage there: bash benchmarks/gpu_partseg.sh   (no carry needed)
 #
-# Budget: about 8 minutes. The runtime at 512² there is unmeasured; on 2 CPU cores here one shape
+# Budget: about 8 minutes (two noise levels of at most 200 s each). The runtime at 512² there is unmeasured; on 2 CPU cores here one shape
 # costs ≈ 0.35 s of data generation + ≈ 2.6 s for the 7 rows (em-converge ≈ 1.3 s of it), so
 # 50 shapes × 3 categories of one seed take ≈ 7.5 min on such a CPU. The run goes seed by seed,
 # category by category, shape by shape, and rewrites its JSON after every (seed, category) block
 # and every 30 s within one, so the `timeout` keeps everything it finished (unfinished block marked
 # "partial"); the report step prints the tables of whatever was saved.
 # Overrides (for a dry run elsewhere): PARTSEG_SHAPES, PARTSEG_SEEDS, PARTSEG_RESOLUTION,
-# PARTSEG_TIMEOUT, PARTSEG_CPU_SHAPES (0 skips step 1), PARTSEG_CPU_TIMEOUT.
+# PARTSEG_NOISES (default "heavy mild"), PARTSEG_TIMEOUT (per noise level), PARTSEG_CPU_SHAPES
+# (0 skips step 1), PARTSEG_CPU_TIMEOUT.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -32,13 +33,16 @@ if [ "$CPU_SHAPES" -gt 0 ]; then
     --no-progress --json "$OUT/partseg-cpu-$RES.json" 2>&1 | tee "$OUT/partseg-cpu-$RES.txt"
 fi
 
-# 2. The full-resolution run on the GPU: as many seeds of SHAPES shapes per category as fit.
-timeout "${PARTSEG_TIMEOUT:-400}" python3 -m ppl.models.partseg --shapes "$SHAPES" --seeds "$SEEDS" \
-  --resolution "$RES" --no-progress --json "$OUT/partseg-gpu-$RES.json" 2>&1 | tee "$OUT/partseg-gpu-$RES.txt"
-status=${PIPESTATUS[0]}
-echo "python exit status $status (124: stopped by the timeout)" | tee -a "$OUT/partseg-gpu-$RES.txt"
-
-# 3. Tables of what was saved (complete or partial).
-if [ -f "$OUT/partseg-gpu-$RES.json" ]; then
-  python3 -m ppl.models.partseg --report "$OUT/partseg-gpu-$RES.json" 2>&1 | tee "$OUT/partseg-gpu-$RES-report.txt"
-fi
+# 2. The full-resolution run on the GPU, once per mask-noise level (heavy first: the regime of
+#    the reference's prototype): as many seeds of SHAPES shapes per category as fit.
+for NOISE in ${PARTSEG_NOISES:-heavy mild}; do
+  NAME="partseg-gpu-$RES-$NOISE"
+  timeout "${PARTSEG_TIMEOUT:-200}" python3 -m ppl.models.partseg --shapes "$SHAPES" --seeds "$SEEDS" \
+    --resolution "$RES" --noise "$NOISE" --no-progress --json "$OUT/$NAME.json" 2>&1 | tee "$OUT/$NAME.txt"
+  status=${PIPESTATUS[0]}
+  echo "python exit status $status (124: stopped by the timeout)" | tee -a "$OUT/$NAME.txt"
+  # 3. Tables of what was saved (complete or partial).
+  if [ -f "$OUT/$NAME.json" ]; then
+    python3 -m ppl.models.partseg --report "$OUT/$NAME.json" 2>&1 | tee "$OUT/$NAME-report.txt"
+  fi
+done

@@ -17,11 +17,13 @@ def test_tiny_run_tables_summary_and_json(tmp_path, capsys) -> None:
             "--resolution=64",
             "--categories=chair,storage",
             "--variants=heuristic,truth",
+            "--noise=heavy",
             "--no-progress",
             f"--json={path}",
         ]
     )
     out = capsys.readouterr().out
+    assert "\nmask noise: heavy\n" in out
     for text in ("chair: 1 shapes", "storage: 1 shapes", "superpoint purity", "s/shape", "1st call"):
         assert text in out, text
     assert "seat" in out and "door" in out  # per-class AP50 columns
@@ -30,6 +32,7 @@ def test_tiny_run_tables_summary_and_json(tmp_path, capsys) -> None:
     assert "target ≤ 1 s on CPU: n/a" in out
     saved = json.loads(path.read_text())
     assert saved["complete"] and saved["config"]["variants"] == ["heuristic", "truth"]
+    assert saved["config"]["noise"] == "heavy" and "false_positive=1.0" in saved["config"]["mask_noise"]
     assert saved["machine"]["jax"] and saved["machine"]["cpu_count"]
     chair = saved["categories"]["chair"]
     (block,) = chair["blocks"]

@@ -301,6 +301,45 @@ def test_noise_rates_validated():
         masks.MaskNoise(miss=1.5)
 
 
+def test_noise_levels():
+    assert masks.MaskNoise.level("mild") == masks.MaskNoise()
+    assert masks.MaskNoise.level("clean") == masks.MaskNoise.clean()
+    heavy = masks.MaskNoise.level("heavy")
+    for name in ("miss", "miss_small", "merge", "split", "boundary", "false_positive", "flip"):
+        assert getattr(heavy, name) > getattr(masks.MaskNoise(), name), name
+    message = r"unknown mask noise level 'loud'; expected one of clean, mild, heavy"
+    with pytest.raises(ValueError, match=message):
+        masks.MaskNoise.level("loud")
+
+
+def mask_agreement(ex: data.Example) -> float:
+    """Fraction of visible pixels whose label-map mask is mostly their own ground-truth instance."""
+    hits = total = 0
+    for v in range(len(ex.views.pixel_point)):
+        point = ex.views.pixel_point[v]
+        valid = point >= 0
+        instance = np.where(valid, ex.shape.instance[point], -1)
+        labels = ex.masks.label_map[v]
+        for m in range(len(ex.masks.masks[v])):
+            here = valid & (labels == m)
+            if here.any():
+                majority = np.bincount(instance[here]).argmax()
+                hits += int((instance[here] == majority).sum())
+        total += int(valid.sum())
+    return hits / total
+
+
+def test_heavy_noise_masks_are_valid_and_noisier():
+    """Same shape and views: heavy noise masks are valid and agree less with the ground truth."""
+    heavy = data.make_example("table", 7, noise=masks.MaskNoise.level("heavy"))
+    data.validate(heavy.shape, heavy.views, heavy.masks, heavy.superpoints)
+    mild = data.make_example("table", 7)
+    clean = data.make_example("table", 7, noise=masks.MaskNoise.clean())
+    np.testing.assert_array_equal(heavy.views.pixel_point, clean.views.pixel_point)
+    scores = [mask_agreement(e) for e in (clean, mild, heavy)]
+    assert scores[0] == 1.0 and scores[0] > scores[1] > scores[2], scores
+
+
 # -- validate --------------------------------------------------------------------
 def test_validate_rejects_bad_inputs():
     ex = example("chair", 5)

@@ -33,6 +33,8 @@ from ppl.transforms._log_expectation import (
     self_normalized_bound,
 )
 from ppl.transforms._marginal import SIR, Marginal, Normalized, marginal, normalize, sir
+from ppl.transforms._mcmc import MCMC, IndependenceMH, Transition, independence_mh, mcmc
+from ppl.transforms._mcmc_em import ChainStep, mcmc_em, systematic_resample
 from ppl.transforms._objectives import (
     diwhvi,
     elbo,
@@ -63,14 +65,17 @@ from ppl.transforms._strategies import (
 from ppl.transforms._unnormalized import nce, unnormalized_nll
 
 __all__ = [
+    "MCMC",
     "MVD",
     "SIR",
     "Auto",
     "Baseline",
+    "ChainStep",
     "Compositional",
     "Enum",
     "Estimator",
     "Expectation",
+    "IndependenceMH",
     "LogExpectationEstimator",
     "Marginal",
     "Naive",
@@ -80,6 +85,7 @@ __all__ = [
     "SelfNormalizedBound",
     "Site",
     "Strategy",
+    "Transition",
     "add_cost",
     "auto",
     "compositional",
@@ -92,6 +98,7 @@ __all__ = [
     "forward_kl",
     "generate",
     "hvi",
+    "independence_mh",
     "iwelbo",
     "iwhvi",
     "learned",
@@ -99,6 +106,8 @@ __all__ = [
     "leave_one_out_mean",
     "log_expectation",
     "marginal",
+    "mcmc",
+    "mcmc_em",
     "mvd",
     "naive",
     "nce",
@@ -111,6 +120,7 @@ __all__ = [
     "self_normalized_bound",
     "sim",
     "sir",
+    "systematic_resample",
     "unnormalized_nll",
     "vimco",
     "wake_p",

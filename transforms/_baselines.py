@@ -108,18 +108,33 @@ def leave_one_out() -> Baseline:
     return _LeaveOneOut()
 
 
-def leave_one_out_mean(values: jax.Array, axis: int = 0) -> jax.Array:
-    """``out[k] = mean of values[j] for j ≠ k`` along ``axis``.
+def leave_one_out_mean(values: jax.Array, axis: int = 0, weights: jax.Array | None = None) -> jax.Array:
+    """``out[k] = mean of values[j] for j ≠ k`` along ``axis``; with ``weights``, the weighted
+    mean ``Σ_{j≠k} weights_j values_j / Σ_{j≠k} weights_j`` (0 where the others weigh nothing).
+
+    ``out[k]`` never reads ``values[k]`` or ``weights[k]``, which is what keeps a baseline
+    built from it independent of particle (or datum) ``k``'s own draw. With weights it is
+    TRICE's leave-one-out acceptance rate ``β_m = Σ_{j≠m} c̃_j / Σ_{j≠m} v_j`` (values ``c̃``,
+    weights ``v``, where ``c̃_j = 1`` implies ``v_j = 1``).
 
     Example:
         >>> import jax.numpy as jnp
         >>> leave_one_out_mean(jnp.array([1.0, 2.0, 6.0])).tolist()
         [4.0, 3.5, 1.5]
+        >>> leave_one_out_mean(jnp.array([1.0, 0.0, 1.0]), weights=jnp.array([1.0, 0.0, 1.0])).tolist()
+        [1.0, 1.0, 1.0]
     """
     n = values.shape[axis]
     if n < 2:
         raise ValueError(f"leave_one_out_mean needs at least 2 entries along axis {axis}, got {n}")
-    return (jnp.sum(values, axis=axis, keepdims=True) - values) / (n - 1)
+    if weights is None:
+        return (jnp.sum(values, axis=axis, keepdims=True) - values) / (n - 1)
+    weights = jnp.broadcast_to(weights, values.shape)
+    weighted = weights * values
+    numerator = jnp.sum(weighted, axis=axis, keepdims=True) - weighted
+    denominator = jnp.sum(weights, axis=axis, keepdims=True) - weights
+    positive = denominator > 0
+    return jnp.where(positive, numerator / jnp.where(positive, denominator, 1.0), 0.0)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

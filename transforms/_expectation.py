@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from ppl.transforms._baselines import leave_one_out_mean
+from ppl.transforms._ledger import SiteEntry, site_values
 from ppl.transforms._scope import Aux, Config, EstimatorHandler, new_frame, run_scope
 from ppl.transforms._strategies import LogExpectationEstimator, Strategy, auto
 
@@ -128,8 +130,9 @@ class Expectation:
     estimate (value and surrogate gradient) is used as a deterministic value.
     """
 
-    def __init__(self, fn: Callable[..., Any]):
+    def __init__(self, fn: Callable[..., Any], has_aux: bool = False):
         self.fn = fn
+        self.has_aux = has_aux
         functools.update_wrapper(self, fn)
         self._default: Estimator | None = None
 
@@ -145,15 +148,28 @@ class Expectation:
         jit: bool = True,
         in_axes: Any = None,
         reduce: str = "mean",
+        has_aux: bool | None = None,
     ) -> Estimator:
         """A gradient estimator with per-address ``strategies`` (others use ``default``).
 
         ``in_axes`` (as in ``jax.vmap``, one entry per argument) runs the
         objective once per datum of a batch, each with its own key, and reduces
-        the values with ``reduce`` (``"mean"`` or ``"sum"``).
+        the values with ``reduce`` (``"mean"`` or ``"sum"``). With ``has_aux``
+        (default: as declared by :func:`expectation`) the program returns
+        ``(value, aux)`` as with ``jax.value_and_grad``: ``aux`` (any pytree,
+        gradient stopped) comes back beside the value, stacked along a leading
+        axis per particle and per datum.
         """
         return Estimator(
-            self, strategies or {}, default or auto(), particles, argnums, jit, in_axes=in_axes, reduce=reduce
+            self,
+            strategies or {},
+            default or auto(),
+            particles,
+            argnums,
+            jit,
+            in_axes=in_axes,
+            reduce=reduce,
+            has_aux=self.has_aux if has_aux is None else has_aux,
         )
 
     @property
@@ -164,6 +180,8 @@ class Expectation:
 
     def estimate(self, key: jax.Array, *args: Any) -> jax.Array:
         """A plain Monte Carlo estimate of the objective (one run, no strategies)."""
+        if self.has_aux:
+            return self.default_estimator.estimate(key, *args)
         config = Config({}, auto(), 1, plain=True, args=args)
         return run_scope(self.fn, args, key, {}, config).value
 
@@ -178,18 +196,22 @@ class Expectation:
                 f"{self!r} is an objective program: use .estimate(key, *args), "
                 ".value_and_grad(key, *args) or .estimator(...)"
             )
+        if self.has_aux:
+            raise ValueError(f"{self!r} returns (value, aux): it cannot be nested in another objective")
         result = run_scope(self.fn, args, handler.next_key(), {}, handler.config, handler.in_block)
         handler.aux.extend(result.aux)
         # The plain Monte Carlo value, with the estimator's gradient.
         return result.value + result.surrogate - sg(result.surrogate)
 
 
-def expectation(fn: Callable[..., Any]) -> Expectation:
+def expectation(fn: Callable[..., Any] | None = None, *, has_aux: bool = False) -> Any:
     """Mark a function as an objective program; its expected value is the objective.
 
     Inside, ``ppl.sample`` draws random choices, :func:`sim` samples traces of
     generative functions, :func:`density` evaluates log densities and
-    :func:`add_cost` adds terms. The return value (a scalar) is added last.
+    :func:`add_cost` adds terms. The return value (a scalar) is added last; with
+    ``@expectation(has_aux=True)`` the program returns ``(value, aux)`` and its
+    estimators return ``aux`` beside the value.
 
     Example:
         >>> import jax, jax.numpy as jnp, numpyro.distributions as dist, ppl
@@ -201,7 +223,9 @@ def expectation(fn: Callable[..., Any]) -> Expectation:
         >>> est = objective.estimator(strategies={"x": T.reinforce()})
         >>> value, grad = est.value_and_grad(jax.random.key(0), 1.0)
     """
-    return Expectation(fn)
+    if fn is None:
+        return lambda f: Expectation(f, has_aux)
+    return Expectation(fn, has_aux)
 
 
 class Estimator:
@@ -211,6 +235,8 @@ class Estimator:
 
         value, grad = est.value_and_grad(key, *args)                  # stateless
         (value, grad), state = est.value_and_grad(key, *args, state=state)
+
+    With ``has_aux=True`` every ``value`` above is ``(value, aux)``.
 
     The second is required when any site has a stateful baseline
     (``running_average``, ``learned``); create the state with
@@ -232,6 +258,7 @@ class Estimator:
         jit: bool,
         in_axes: Any = None,
         reduce: str = "mean",
+        has_aux: bool = False,
     ):
         if particles < 1:
             raise ValueError(f"particles must be >= 1, got {particles}")
@@ -239,7 +266,7 @@ class Estimator:
             raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
         if in_axes is not None and not isinstance(in_axes, tuple):
             raise TypeError(f"in_axes must be a tuple with one entry per argument, got {in_axes!r}")
-        self.in_axes, self.reduce = in_axes, reduce
+        self.in_axes, self.reduce, self.has_aux = in_axes, reduce, has_aux
         for s in (*strategies.values(), default):
             if not isinstance(s, Strategy | LogExpectationEstimator):
                 raise TypeError(f"strategies must be Strategy objects, got {s!r}")
@@ -263,40 +290,67 @@ class Estimator:
                 f"strategies: no sample site at address '{format_address(unknown[0])}' in {self.objective!r}"
             )
 
-    def _run(self, key: jax.Array, args: tuple, state: Any) -> tuple[jax.Array, jax.Array, Any, Config]:
+    def _run(self, key: jax.Array, args: tuple, state: Any) -> tuple[Any, jax.Array, Any, Config]:
+        """``(value or (value, aux), surrogate, new state, config)``."""
         config = self._config(args, state)
         if self.in_axes is None:
-            value, surrogate, aux = self._run_one(key, args, config)
+            value, surrogate, aux, out = self._run_one(key, args, config)
         else:
             size = _batch_size(args, self.in_axes)
             keys = jax.random.split(key, size)
-            values, surrogates, aux = jax.vmap(
+            values, surrogates, aux, out = jax.vmap(
                 lambda k, a: self._run_one(k, a, config), in_axes=(0, self.in_axes)
             )(keys, args)
             reduce = jnp.mean if self.reduce == "mean" else jnp.sum
             value, surrogate = reduce(values), reduce(surrogates)
         self._check_addresses(config)
         new_state = self._update_state(config, state, aux, args)
-        return value, surrogate, new_state, config
+        return ((value, out) if self.has_aux else value), surrogate, new_state, config
 
-    def _run_one(self, key: jax.Array, args: tuple, config: Config) -> tuple[jax.Array, jax.Array, Aux]:
+    def _scope(self, key: jax.Array, args: tuple, config: Config) -> tuple[Any, Any]:
+        """One run of the program: its scope result and its ``aux`` output (``None`` without)."""
+        if not self.has_aux:
+            return run_scope(self.objective.fn, args, key, {}, config), None
+        outputs: list[Any] = []
+
+        def program(*a: Any) -> Any:
+            out = self.objective.fn(*a)
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise TypeError(
+                    f"{self.objective!r} is estimated with has_aux=True: return (value, aux), "
+                    f"got {type(out).__name__}"
+                )
+            outputs.append(out[1])
+            return out[0]
+
+        result = run_scope(program, args, key, {}, config)
+        last = result.entries[-1] if result.entries else None
+        if isinstance(last, SiteEntry) and last.strategy is not None and last.strategy.replaces_continuation:
+            # The program stopped at a continuation strategy's site: its aux is that of the
+            # sampled continuation, the program re-run with the same choices and keys.
+            outputs.clear()
+            plain = dataclasses.replace(config, plain=True)
+            run_scope(program, args, key, site_values(result.entries), plain)
+        # Otherwise the first run is the program's own; later ones are continuation re-runs.
+        return result, jax.tree_util.tree_map(sg, outputs[0])
+
+    def _run_one(self, key: jax.Array, args: tuple, config: Config) -> tuple[jax.Array, jax.Array, Aux, Any]:
         """One datum: ``particles`` independent runs, leave-one-out terms finished."""
-        fn = self.objective.fn
         if self.particles == 1:
-            result = run_scope(fn, args, key, {}, config)
-            return result.value, result.surrogate, result.aux
+            result, out = self._scope(key, args, config)
+            return result.value, result.surrogate, result.aux, out
         keys = jax.random.split(key, self.particles)
 
-        def one(k: jax.Array) -> tuple[jax.Array, jax.Array, Aux]:
-            r = run_scope(fn, args, k, {}, config)
-            return r.value, r.surrogate, r.aux
+        def one(k: jax.Array) -> tuple[jax.Array, jax.Array, Aux, Any]:
+            r, out = self._scope(k, args, config)
+            return r.value, r.surrogate, r.aux, out
 
-        values, surrogates, aux = jax.vmap(one)(keys)
+        values, surrogates, aux, out = jax.vmap(one)(keys)
         value, surrogate = jnp.mean(values), jnp.mean(surrogates)
         for w, lp, d in aux.deferred:
             b = leave_one_out_mean(d, axis=0)
             surrogate = surrogate + jnp.sum(w * sg(d - b) * (lp - sg(lp))) / self.particles
-        return value, surrogate, Aux([], aux.stats)
+        return value, surrogate, Aux([], aux.stats), out
 
     def _update_state(self, config: Config, state: Any, aux: Aux, args: tuple) -> Any:
         if state is None:
@@ -339,7 +393,7 @@ class Estimator:
         grad, (value, new_state) = jax.grad(surrogate_fn, has_aux=True)(diff)
         return value, grad, new_state
 
-    def _estimate_impl(self, key: jax.Array, args: tuple, state: Any) -> jax.Array:
+    def _estimate_impl(self, key: jax.Array, args: tuple, state: Any) -> Any:
         return self._run(key, args, state)[0]
 
     def init(self, *args: Any) -> dict[str, Any]:
@@ -375,8 +429,9 @@ class Estimator:
         out = self.value_and_grad(key, *args, state=state)
         return out[1] if state is None else (out[0][1], out[1])
 
-    def estimate(self, key: jax.Array, *args: Any, state: Any = None) -> jax.Array:
-        """The estimator's value: the plain Monte Carlo value for the same key."""
+    def estimate(self, key: jax.Array, *args: Any, state: Any = None) -> Any:
+        """The estimator's value (with ``has_aux``, ``(value, aux)``): the plain Monte Carlo
+        value for the same key."""
         return self._estimate(key, args, state)
 
 

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 from ppl.transforms._expectation import _check_gen, _handler, _run_frame, density, generate, sim
+from ppl.transforms._mcmc import MCMC, transition
 from ppl.transforms._scope import Config, EstimatorHandler, record, run_scope
 from ppl.transforms._strategies import auto
 
@@ -57,11 +58,14 @@ def sir(particles: int, proposal: GenerativeFunction | None = None) -> SIR:
     return SIR(particles, proposal)
 
 
-def _check_inference(inference: Any, who: str) -> SIR:
+def _check_inference(inference: Any, who: str) -> SIR | MCMC:
     if inference is None:
         return sir(1)
+    if who == "normalize" and isinstance(inference, MCMC):
+        return inference
     if not isinstance(inference, SIR):
-        raise TypeError(f"{who}: inference must be sir(K) or sir(K, proposal), got {inference!r}")
+        also = " or mcmc(kernel, init)" if who == "normalize" else ""
+        raise TypeError(f"{who}: inference must be sir(K) or sir(K, proposal){also}, got {inference!r}")
     return inference
 
 
@@ -248,7 +252,8 @@ def marginal(
 
 
 class Normalized(_EstimatedDensity):
-    """The posterior of ``model`` given ``observations``, approximated by SIR.
+    """The posterior of ``model`` given ``observations``, approximated by SIR (or by MCMC:
+    see :mod:`ppl.transforms._mcmc` and :func:`~ppl.transforms.mcmc`).
 
     With particles ``z_k`` from the proposal ``q`` and weights
     ``w_k = p(z_k, obs) / q(z_k)``, ``Ẑ = mean_k w_k`` (an unbiased estimate of
@@ -263,7 +268,7 @@ class Normalized(_EstimatedDensity):
     As ``K`` grows the SIR distribution tends to the exact posterior.
     """
 
-    def __init__(self, model: GenerativeFunction, observations: ChoiceMap, inference: SIR):
+    def __init__(self, model: GenerativeFunction, observations: ChoiceMap, inference: SIR | MCMC):
         self.model, self.observations, self.inference = model, observations, inference
         self._observed = tuple(flatten(observations))
         super().__init__(model.fn)
@@ -288,11 +293,18 @@ class Normalized(_EstimatedDensity):
         handler = _handler("normalize")
         return ppl.sample(handler.hidden_address("_sir"), ppl.vmap(particle, in_axes=None, axis_size=n))
 
+    @property
+    def proposal(self) -> GenerativeFunction | None:
+        """The proposal of SIR or of the MCMC kernel (``None``: the model's own prior)."""
+        if isinstance(self.inference, MCMC):
+            return self.inference.kernel.proposal
+        return self.inference.proposal
+
     def _first_weight(self, latents: ChoiceMap, args: tuple) -> jax.Array:
         """The weight of a given latent value, as a particle of the proposal."""
-        if self.inference.proposal is not None:
+        if self.proposal is not None:
             joint = density(self.model, merge(self.observations, latents), *args)
-            return joint - density(self.inference.proposal, latents, self.observations, *args)
+            return joint - density(self.proposal, latents, self.observations, *args)
         # Internal proposal: replay the latents, weight = log density of the observations.
         handler = _handler("normalize")
         replay = flatten(merge(self.observations, latents))
@@ -303,6 +315,8 @@ class Normalized(_EstimatedDensity):
         return observed_lp
 
     def sim_in_objective(self, handler: EstimatorHandler, args: tuple) -> tuple[ChoiceMap, Any, jax.Array]:
+        if isinstance(self.inference, MCMC):
+            return transition(self, handler, args)
         latents, retvals, log_weights = self._particles(args, self.inference.particles)
         index = ppl.sample(handler.hidden_address("_resample"), dist.Categorical(logits=log_weights))
         chosen = jax.tree_util.tree_map(lambda v: v[index], latents)
@@ -311,6 +325,11 @@ class Normalized(_EstimatedDensity):
         return chosen, retval, joint - _log_mean_exp(log_weights)
 
     def density_in_objective(self, handler: EstimatorHandler, choices: ChoiceMap, args: tuple) -> jax.Array:
+        if isinstance(self.inference, MCMC):
+            raise ValueError(
+                f"{self!r}: MCMC inference gives no estimate of the posterior's density; use "
+                "sir(K) inference for density, or the model's unnormalized density(model, ...)"
+            )
         saved = handler._prefix
         handler._prefix = saved + handler.hidden_address("_normalized_density")
         try:
@@ -325,12 +344,16 @@ class Normalized(_EstimatedDensity):
             handler._prefix = saved
 
 
-def normalize(model: GenerativeFunction, observations: ChoiceMap, inference: SIR | None = None) -> Normalized:
+def normalize(
+    model: GenerativeFunction, observations: ChoiceMap, inference: SIR | MCMC | None = None
+) -> Normalized:
     """The approximate posterior of ``model``'s other choices given ``observations``.
 
     ``inference`` defaults to ``sir(1)`` (the prior, or the proposal). Use it as a
     sampler (``sim``), as a target density inside objectives (``density``), or
-    standalone (``simulate``, ``estimate_logpdf``).
+    standalone (``simulate``, ``estimate_logpdf``). With ``mcmc(kernel, init)`` it is a
+    chain step from ``init`` (a sampler only, not differentiated; no density estimate;
+    ``sim``'s ``retval`` is the :class:`~ppl.transforms.Transition`).
 
     Example:
         >>> import jax, numpyro.distributions as dist, ppl

@@ -23,7 +23,9 @@ leave-one-out acceptance rate, :func:`~ppl.transforms.leave_one_out_mean` with w
   times by systematic resampling with ``P(i) = w_i / Σ w`` (:func:`systematic_resample`) and
   ``ĝ = (Σw / Σv)(1/L) Σ_l sign ∇ log p(item_l)``. The expected count of item ``i`` is exactly
   ``L P(i)``, so its conditional expectation is the control-variate estimate. (The public
-  TRICE notebook samples ``∝ exp(w)`` instead, which is biased; this does not.)
+  TRICE notebook samples ``∝ exp(w)`` instead, which is biased; this does not.) This
+  implementation still evaluates all ``2M`` log densities and weights them by the resampled
+  counts: it has the subsampled estimator's distribution, not yet its saving of compute.
 
 The ratio ``1/Σv`` is constant (``1/M``) at stationarity; before it (memories initialized from a
 guide, some wrong) the estimator is a self-normalized, consistent one.

@@ -1,0 +1,4 @@
+from ppl.models.trice.benchmark import main
+
+if __name__ == "__main__":
+    main()

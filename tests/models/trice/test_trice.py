@@ -1,0 +1,149 @@
+"""TRICE on the transformer: the program's estimators are exactly TRICE's formulas; training
+runs are reproducible and resumable; bad settings are refused."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from ppl.models.trice import tasks, train, trice
+from ppl.models.trice import transformer as tf
+
+M = 8
+
+
+@pytest.fixture(scope="module")
+def setup():
+    base = tf.init(jax.random.key(0), tf.Config())
+    batch = tasks.make_split("chain-sum", M, seed=0)
+    # Half of the memories are the gold rationales (correct), half guide samples (mostly wrong).
+    guide = tf.sample_rationales(jax.random.key(1), base, batch.hinted_prompt)
+    memory = jnp.where((jnp.arange(M) % 2 == 0)[:, None], batch.rationale, guide)
+    return base, batch, memory
+
+
+def tree_allclose(a, b, **kw):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_allclose(x, y, **kw)
+
+
+def test_cot_model_observes_correctness(setup) -> None:
+    base, batch, _ = setup
+    model = trice.cot_model()
+    trace = model.simulate(jax.random.key(3), base, trice.Question(batch.prompt[0], batch.answer[0]))
+    z = trace.choices["rationale"]["tokens"]["token"]
+    assert trace.choices[trice.OBSERVED] == tasks.correct(z, batch.answer[0])
+    np.testing.assert_allclose(trace.score, tf.sequence_log_prob(base, batch.prompt[0], z), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["basic", "control_variate"])
+def test_estimators_equal_trices_formulas(setup, name) -> None:
+    """Same key, same chains: the transforms' gradient is (1/Σv) Σ v ∇log p(z') [− v β ∇log p(z̃)]."""
+    base, batch, memory = setup
+    est = trice.estimator(trice.cot_model(), name)
+    (value, step), grad = est.value_and_grad(
+        jax.random.key(4), base, trice.questions(batch), trice.observations(M), trice.memory(memory)
+    )
+    new, proposal = trice.rationales(step.state), trice.rationales(step.proposal)
+    hit = tasks.correct(proposal, batch.answer)
+    np.testing.assert_array_equal(step.accepted, hit)
+    np.testing.assert_array_equal(new, jnp.where(hit[:, None], proposal, memory))
+    v = tasks.correct(new, batch.answer).astype(jnp.float32)
+    np.testing.assert_array_equal(step.valid, v > 0)
+    c = hit.astype(jnp.float32)
+    beta = jnp.array([(c.sum() - c[m]) / (v.sum() - v[m]) for m in range(M)]) if name != "basic" else 0.0 * c
+
+    def by_hand(params):
+        memory_term = jnp.sum(v * tf.sequence_log_prob(params, batch.prompt, new))
+        proposal_term = jnp.sum(v * beta * tf.sequence_log_prob(params, batch.prompt, proposal))
+        return (memory_term - proposal_term) / v.sum(), memory_term / v.sum()
+
+    (_, expected_value), expected = jax.value_and_grad(lambda p: by_hand(p), has_aux=True)(base)
+    expected = jax.grad(lambda p: by_hand(p)[0])(base)
+    np.testing.assert_allclose(value, expected_value, rtol=1e-5)
+    tree_allclose(grad, expected, rtol=2e-3, atol=2e-5)
+
+
+def test_soft_prompt_mode_differentiates_the_soft_prompt_only() -> None:
+    base = tf.init(jax.random.key(0), tf.Config(soft_prompt=4))
+    params, frozen = tf.partition(base, "soft_prompt")
+    batch = tasks.make_split("chain-sum", M, seed=1)
+    est = trice.estimator(trice.cot_model(frozen), "control_variate")
+    memory = trice.memory(jnp.asarray(batch.rationale))
+    (_, step), grad = est.value_and_grad(
+        jax.random.key(0), params, trice.questions(batch), trice.observations(M), memory
+    )
+    assert grad.soft_prompt.shape == (4, 64) and float(jnp.abs(grad.soft_prompt).sum()) > 0
+    assert jax.tree_util.tree_leaves(grad.model) == []
+    assert bool(jnp.all(step.valid))
+
+
+SMALL = train.TrainConfig(
+    steps=4, batch_size=8, eval_every=2, star_steps=3, train_eval=16, checkpoint_every=2
+)
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return tasks.make_splits("chain-sum", 32, 30, seed=0)
+
+
+def test_fixed_keys_give_identical_runs(setup, splits) -> None:
+    base = setup[0]
+    a = train.train("trice-cv", base, *splits, SMALL, seed=3)
+    b = train.train("trice-cv", base, *splits, SMALL, seed=3)
+    tree_allclose(a.params, b.params, rtol=0, atol=0)
+    np.testing.assert_array_equal(a.state.memory, b.state.memory)
+    assert a.history == b.history
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one(setup, splits, tmp_path) -> None:
+    base = setup[0]
+    whole = train.train("trice-cv", base, *splits, SMALL, seed=5)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_step_two(line: str) -> None:
+        if "step 2:" in line:
+            raise Stop
+
+    path = tmp_path / "run.eqx"
+    with pytest.raises(Stop):
+        train.train("trice-cv", base, *splits, SMALL, seed=5, checkpoint=path, log=stop_at_step_two)
+    assert path.exists()
+    resumed = train.train("trice-cv", base, *splits, SMALL, seed=5, checkpoint=path)
+    tree_allclose(resumed.params, whole.params, rtol=0, atol=0)
+    np.testing.assert_array_equal(resumed.state.memory, whole.state.memory)
+    assert [h["step"] for h in resumed.history] == [0, 2, 4]
+    assert resumed.history == whole.history
+
+
+@pytest.mark.parametrize("method", [m for m in train.METHODS if m != "trice-cv"])
+def test_every_method_runs_and_spends_the_same_sampling_budget(setup, splits, method) -> None:
+    result = train.train(method, setup[0], *splits, SMALL, seed=0)
+    last = result.history[-1]
+    assert 0.0 <= last["heldout_mean"] <= 1.0 and 0.0 <= last["train_p"] <= 1.0
+    if method in ("direct", "gold"):
+        assert last["sampled"] == 0
+    elif method == "star":
+        assert last["sampled"] >= SMALL.steps * SMALL.batch_size
+    else:
+        assert last["sampled"] == SMALL.steps * SMALL.batch_size
+
+
+def test_bad_settings(setup, splits) -> None:
+    base = setup[0]
+    with pytest.raises(ValueError, match="unknown method 'trice'; choose from trice-cv, trice-basic"):
+        train.train("trice", base, *splits, SMALL)
+    with pytest.raises(
+        ValueError, match=r"batch_size must be in \[2, 32\] \(the training questions\), got 64"
+    ):
+        train.train("gold", base, *splits, train.TrainConfig(batch_size=64))
+    with pytest.raises(ValueError, match="unknown tuning mode 'lora'; choose from soft_prompt, full"):
+        train.train("gold", base, *splits, train.TrainConfig(mode="lora"))
+    with pytest.raises(ValueError, match="unknown TRICE estimator 'cv'; choose from basic, control_variate"):
+        trice.estimator(trice.cot_model(), "cv")
+    with pytest.raises(ValueError, match="the subsampled TRICE estimator needs samples=L"):
+        trice.estimator(trice.cot_model(), "subsampled")

@@ -32,7 +32,6 @@ import jax.numpy as jnp
 import numpyro.distributions as dist
 from ppl.models.trice import tasks
 from ppl.models.trice import transformer as tf
-from ppl.transforms import mcmc_em
 
 import ppl
 from ppl import transforms as T
@@ -103,8 +102,8 @@ def estimator(model: ppl.GenerativeFunction, name: str, samples: int | None = No
     if name == "subsampled":
         if samples is None:
             raise ValueError("the subsampled TRICE estimator needs samples=L (e.g. the batch size)")
-        return mcmc_em(model, "control_variate", samples=samples).estimator()
-    return mcmc_em(model, name).estimator()
+        return T.mcmc_em(model, "control_variate", samples=samples).estimator()
+    return T.mcmc_em(model, name).estimator()
 
 
 def gradient_variance(

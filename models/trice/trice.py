@@ -1,8 +1,10 @@
 r"""Chain-of-thought as a latent-variable program, and TRICE's gradient estimators over it.
 
-The program (:func:`cot_model`) draws a rationale ``z ~ p_θ(z | x)`` token by token (the
-transformer's :data:`~ppl.models.trice.transformer.rationale_program`, sample sites inside
-``ppl.scan``) and observes ``correct = c(z, y)`` as a ``Delta``: the 0/1 likelihood
+The program (:func:`cot_model`) draws a rationale ``z ~ p_θ(z | x)``, either as one sample site
+(:class:`~ppl.models.trice.sequence.Rationale`: the key/value-cache sampler, scored by one
+teacher-forced pass; the default) or token by token (the transformer's
+:data:`~ppl.models.trice.transformer.rationale_program`, sample sites inside ``ppl.scan``), and
+observes ``correct = c(z, y)`` as a ``Delta``: the 0/1 likelihood
 ``p(y | z) = 1[z ends in y]``. Maximum marginal likelihood ``mean_n log p_θ(y_n | x_n)`` is then
 ``T.mcmc_em(cot_model(...))``: one persistent chain per training question (the memory), moved
 by independence Metropolis–Hastings with the model itself as the proposal (accept iff the
@@ -30,7 +32,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
-from ppl.models.trice import tasks
+from ppl.models.trice import sequence, tasks
 from ppl.models.trice import transformer as tf
 
 import ppl
@@ -40,6 +42,8 @@ from ppl import transforms as T
 OBSERVED = "correct"
 #: The estimators :func:`estimator` builds (``subsampled`` is the control variate, subsampled).
 ESTIMATORS = ("basic", "control_variate", "subsampled")
+#: How :func:`cot_model` samples the rationale: one site, or one site per token.
+SITES = ("sequence", "tokens")
 
 
 class Question(NamedTuple):
@@ -59,29 +63,37 @@ def observations(size: int) -> dict[str, jax.Array]:
     return {OBSERVED: jnp.ones(size)}
 
 
-def memory(rationales: jax.Array) -> dict[str, Any]:
-    """The chains' state (a choice map) holding ``rationales`` ``(M, R)``."""
-    return {"rationale": tf.choice_map(rationales)}
+def memory(rationales: jax.Array, sites: str = "sequence") -> dict[str, Any]:
+    """The chains' state (a choice map) holding ``rationales`` ``(M, R)``, for :func:`cot_model`
+    with ``sites``."""
+    return {"rationale": jnp.asarray(rationales) if sites == "sequence" else tf.choice_map(rationales)}
 
 
 def rationales(state: dict[str, Any]) -> jax.Array:
-    """The rationales ``(M, R)`` of a chain state."""
-    return state["rationale"]["tokens"]["token"]
+    """The rationales ``(M, R)`` of a chain state (either form of :func:`memory`)."""
+    value = state["rationale"]
+    return value["tokens"]["token"] if isinstance(value, dict) else value
 
 
-def cot_model(frozen: tf.Params | None = None) -> ppl.GenerativeFunction:
-    """``p_θ(z, c | x)``: the rationale program, then ``correct ~ Delta(c(z, y))``.
+def cot_model(frozen: tf.Params | None = None, sites: str = "sequence") -> ppl.GenerativeFunction:
+    """``p_θ(z, c | x)``: the rationale, then ``correct ~ Delta(c(z, y))``.
 
     Called as ``model(params, question)``. With ``frozen`` (the frozen part of
     :func:`~ppl.models.trice.transformer.partition`), ``params`` is the trainable part and the
     network is ``combine(params, frozen)``: soft-prompt tuning differentiates the soft prompt
-    only.
+    only. ``sites``: ``"sequence"`` (one site, :class:`~ppl.models.trice.sequence.Rationale`)
+    or ``"tokens"`` (the token-by-token program); the two are the same distribution.
     """
+    if sites not in SITES:
+        raise ValueError(f"unknown rationale sites {sites!r}; choose from {', '.join(SITES)}")
 
     @ppl.gen
     def model(params: tf.Params, question: Question) -> jax.Array:
         full = params if frozen is None else tf.combine(params, frozen)
-        z = ppl.sample("rationale", tf.rationale_program, full, question.prompt)
+        if sites == "sequence":
+            z = ppl.sample("rationale", sequence.Rationale(full, question.prompt))
+        else:
+            z = ppl.sample("rationale", tf.rationale_program, full, question.prompt)
         ppl.sample(OBSERVED, dist.Delta(tasks.correct(z, question.answer).astype(jnp.float32)))
         return z
 

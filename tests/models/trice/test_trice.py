@@ -28,22 +28,38 @@ def tree_allclose(a, b, **kw):
         np.testing.assert_allclose(x, y, **kw)
 
 
-def test_cot_model_observes_correctness(setup) -> None:
+@pytest.mark.parametrize("sites", trice.SITES)
+def test_cot_model_observes_correctness(setup, sites) -> None:
     base, batch, _ = setup
-    model = trice.cot_model()
+    model = trice.cot_model(sites=sites)
     trace = model.simulate(jax.random.key(3), base, trice.Question(batch.prompt[0], batch.answer[0]))
-    z = trace.choices["rationale"]["tokens"]["token"]
+    z = trice.rationales(trace.choices)
     assert trace.choices[trice.OBSERVED] == tasks.correct(z, batch.answer[0])
     np.testing.assert_allclose(trace.score, tf.sequence_log_prob(base, batch.prompt[0], z), rtol=1e-5)
 
 
+def test_both_site_forms_are_the_same_distribution(setup) -> None:
+    base, batch, memory = setup
+    question = trice.Question(batch.prompt[1], batch.answer[1])
+    scores = [
+        trice.cot_model(sites=sites).assess(
+            {**trice.memory(memory[1], sites), trice.OBSERVED: 1.0}, base, question
+        )[0]
+        for sites in trice.SITES
+    ]
+    np.testing.assert_allclose(scores[0], scores[1], rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown rationale sites 'words'; choose from sequence, tokens"):
+        trice.cot_model(sites="words")
+
+
+@pytest.mark.parametrize("sites", trice.SITES)
 @pytest.mark.parametrize("name", ["basic", "control_variate"])
-def test_estimators_equal_trices_formulas(setup, name) -> None:
+def test_estimators_equal_trices_formulas(setup, name, sites) -> None:
     """Same key, same chains: the transforms' gradient is (1/Σv) Σ v ∇log p(z') [− v β ∇log p(z̃)]."""
     base, batch, memory = setup
-    est = trice.estimator(trice.cot_model(), name)
+    est = trice.estimator(trice.cot_model(sites=sites), name)
     (value, step), grad = est.value_and_grad(
-        jax.random.key(4), base, trice.questions(batch), trice.observations(M), trice.memory(memory)
+        jax.random.key(4), base, trice.questions(batch), trice.observations(M), trice.memory(memory, sites)
     )
     new, proposal = trice.rationales(step.state), trice.rationales(step.proposal)
     hit = tasks.correct(proposal, batch.answer)

@@ -206,12 +206,8 @@ class Marginal(_EstimatedDensity):
         if extra:
             raise ValueError(f"{self!r}: density got address '{format_address(extra[0])}', which is not kept")
         self._check_kept(kept, "density: no value for")
-        saved = handler._prefix
-        handler._prefix = saved + handler.hidden_address("_marginal_density")
-        try:
+        with handler.hidden_scope("_marginal_density"):
             return _log_mean_exp(self._particle_weights(kept, args, self.inference.particles))
-        finally:
-            handler._prefix = saved
 
     def _check_kept(self, kept: dict, what: str) -> None:
         for k in self.keep:
@@ -330,9 +326,7 @@ class Normalized(_EstimatedDensity):
                 f"{self!r}: MCMC inference gives no estimate of the posterior's density; use "
                 "sir(K) inference for density, or the model's unnormalized density(model, ...)"
             )
-        saved = handler._prefix
-        handler._prefix = saved + handler.hidden_address("_normalized_density")
-        try:
+        with handler.hidden_scope("_normalized_density"):
             first = self._first_weight(choices, args)
             log_weights = first[None]
             if self.inference.particles > 1:
@@ -340,8 +334,6 @@ class Normalized(_EstimatedDensity):
                 log_weights = jnp.concatenate([log_weights, others])
             joint = density(self.model, merge(self.observations, choices), *args)
             return joint - _log_mean_exp(log_weights)
-        finally:
-            handler._prefix = saved
 
 
 def normalize(

@@ -132,11 +132,6 @@ def _stop(args: tuple) -> tuple:
     return jax.tree_util.tree_map(stop, args)
 
 
-def _at(handler: EstimatorHandler, name: str) -> Any:
-    """Run the next ``_run_frame`` under a fresh hidden address below the current prefix."""
-    return handler._prefix + handler.hidden_address(name)
-
-
 def _latents(normalized: Any, choices: ChoiceMap) -> dict:
     observed = set(normalized._observed)
     return {a: v for a, v in flatten(choices).items() if a not in observed}
@@ -145,26 +140,18 @@ def _latents(normalized: Any, choices: ChoiceMap) -> dict:
 def _propose(normalized: Any, handler: EstimatorHandler, args: tuple) -> tuple[dict, jax.Array]:
     """``z̃ ~ q`` (under ``stop_gradient`` arguments) and ``log w(z̃)``."""
     model, obs, proposal = normalized.model, normalized.observations, normalized.proposal
-    saved = handler._prefix
-    handler._prefix = _at(handler, "_mh")
-    try:
+    with handler.hidden_scope("_mh"):
         if proposal is None:
             trace, log_weight = generate(model, obs, *args)
             return _latents(normalized, trace.choices), log_weight
         tr = sim(proposal, obs, *args)
         return flatten(tr.choices), density(model, merge(obs, tr.choices), *args) - tr.score
-    finally:
-        handler._prefix = saved
 
 
 def _state_log_weight(normalized: Any, handler: EstimatorHandler, latents: dict, args: tuple) -> jax.Array:
     """``log w(z)`` of a given state (its choices replayed)."""
-    saved = handler._prefix
-    handler._prefix = _at(handler, "_mh_state")
-    try:
+    with handler.hidden_scope("_mh_state"):
         return normalized._first_weight(unflatten(latents), args)
-    finally:
-        handler._prefix = saved
 
 
 def _proposal_log_prob(normalized: Any, handler: EstimatorHandler, latents: dict, args: tuple) -> jax.Array:
@@ -172,13 +159,9 @@ def _proposal_log_prob(normalized: Any, handler: EstimatorHandler, latents: dict
     proposal, obs = normalized.proposal, normalized.observations
     if proposal is not None:
         return density(proposal, unflatten(latents), obs, *args)
-    saved = handler._prefix
-    handler._prefix = _at(handler, "_mh_score")
-    try:
+    with handler.hidden_scope("_mh_score"):
         replay = flatten(merge(obs, unflatten(latents)))
         return _run_frame(handler, normalized.model, args, observed=replay, select=tuple(latents))[2]
-    finally:
-        handler._prefix = saved
 
 
 def _check_state(normalized: Any, state: dict, proposed: dict) -> None:

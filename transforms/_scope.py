@@ -11,8 +11,9 @@ same keys (hence the same later random numbers).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -194,6 +195,16 @@ class EstimatorHandler(Handler):
         count = self.hidden_counter[0]
         self.hidden_counter[0] += 1
         return (f"{name}{count}",) if count else (name,)
+
+    @contextlib.contextmanager
+    def hidden_scope(self, name: str) -> Iterator[None]:
+        """Run the body at a fresh hidden address (:meth:`hidden_address`) below the current prefix."""
+        saved = self._prefix
+        self._prefix = saved + self.hidden_address(name)
+        try:
+            yield
+        finally:
+            self._prefix = saved
 
     def _record(self, address: Address, value: Any, lp: jax.Array, observed: bool = False) -> None:
         record(self.frames, {address: value}, lp, lp if observed else None, lambda sel: lp)

@@ -51,16 +51,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
-import os
-import platform
-import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
 import numpy as np
+from ppl.models._records import machine_info, write_json
 from ppl.models.partseg import data, em, metrics, pipeline, postprocess
 from ppl.models.partseg.masks import NOISE_LEVELS, MaskNoise
 from ppl.models.partseg.types import CATEGORIES, PART_CLASSES
@@ -404,53 +401,6 @@ def format_report(record: dict[str, Any]) -> str:
     parts = [format_category(c, cat, record["first_calls"]) for c, cat in _ran(record).items()]
     head = f"mask noise: {record['config'].get('noise', 'mild')}"
     return "\n\n".join([head, *parts, format_summary(record)])
-
-
-# -- records ------------------------------------------------------------------------------------
-def _git_commit() -> str | None:
-    try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=False
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def machine_info() -> dict[str, Any]:
-    device = jax.devices()[0]
-    return {
-        "backend": jax.default_backend(),
-        "device": str(device),
-        "device_kind": getattr(device, "device_kind", None),
-        "jax": jax.__version__,
-        "numpy": np.__version__,
-        "cpu_count": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "git_commit": _git_commit(),
-    }
-
-
-def _clean(obj: Any) -> Any:
-    """NaN/inf → None so the JSON is strict."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    return obj
-
-
-def write_json(record: dict[str, Any], path: str) -> None:
-    """Write ``record`` to ``path`` atomically (a temporary file, then a rename)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(_clean(record), f, indent=1)
-    os.replace(tmp, path)
 
 
 def _finish(record: dict[str, Any]) -> None:

@@ -33,7 +33,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -41,6 +40,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from ppl.models._records import machine_info, write_json
 from ppl.models.trice import pretrain, tasks, train, trice
 
 HARD_K = 6
@@ -283,24 +283,6 @@ def format_report(record: dict[str, Any]) -> str:
 
 def _fmt(stat: dict[str, float] | None) -> str:
     return "–" if stat is None else f"{stat['mean']:.3f}±{stat['std']:.2f}"
-
-
-def machine_info() -> dict[str, Any]:
-    device = jax.devices()[0]
-    return {
-        "backend": jax.default_backend(),
-        "device": str(device),
-        "jax": jax.__version__,
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-    }
-
-
-def write_json(record: dict[str, Any], path: str) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=1, default=float)
-    os.replace(tmp, path)
 
 
 def plot(record: dict[str, Any], directory: str) -> list[str]:

@@ -11,7 +11,7 @@ import ppl
 from ppl import transforms as T
 from tests.conftest import assert_unbiased, vmapped
 
-tfp = pytest.importorskip("tensorflow_probability.substrates.jax")
+tfp = pytest.importorskip("tensorflow_probability.substrates.jax", reason="needs the tfp extra")
 tfd = tfp.distributions
 
 

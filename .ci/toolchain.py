@@ -30,7 +30,9 @@ def readme_commands(text: str) -> dict[str, str]:
             raise ValueError(f"README.md: the {name} command must be one line, got:\n{block}")
     main, test = blocks
     if "python -m ppl.models." not in main:
-        raise ValueError(f"README.md: the first command must run the main job (python -m ppl.models...): {main}")
+        raise ValueError(
+            f"README.md: the first command must run the main job (python -m ppl.models.*): {main}"
+        )
     if "pytest" not in test:
         raise ValueError(f"README.md: the second command must run the tests (pytest): {test}")
     return {"main": main, "test": test}

@@ -45,8 +45,8 @@ def test_readme_opens_with_the_main_job_and_the_test_command() -> None:
 
 def test_ci_runs_the_readme_commands_it_reads_verbatim() -> None:
     run = (ROOT / ".ci" / "run").read_text()
-    assert 'main_cmd=$(python3 .ci/toolchain.py main)' in run
-    assert 'test_cmd=$(python3 .ci/toolchain.py test)' in run
+    assert "main_cmd=$(python3 .ci/toolchain.py main)" in run
+    assert "test_cmd=$(python3 .ci/toolchain.py test)" in run
     assert 'for cmd in "$main_cmd" "$test_cmd"; do' in run
     assert 'bash -c "$cmd"' in run
     # Both legs run them: the machine's python3 at the floors, the newest Python as python3.

@@ -405,10 +405,38 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def strict(obj: Any) -> Any:
+    """``obj`` with non-finite floats as ``None`` (strict JSON; this process has no ``ppl``, so
+    not ``T.write_json``, whose rules these are: the main process rewrites the record with it)."""
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [strict(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def existing_file(text: str) -> str:
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"no such file: {text!r}")
+    return text
+
+
+def output_file(text: str) -> str:
+    """Checked before the run: the folder exists and ``text`` is not a folder."""
+    folder = os.path.dirname(os.path.abspath(text))
+    if os.path.isdir(text) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {text!r} (a folder, or its folder is missing)")
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--request", required=True, help="JSON written by vae_overhead.py")
-    parser.add_argument("--out", required=True, help="write the results here (JSON)")
+    parser.add_argument(
+        "--request", type=existing_file, required=True, help="JSON written by vae_overhead.py"
+    )
+    parser.add_argument("--out", type=output_file, required=True, help="write the results here (JSON)")
     args = parser.parse_args(argv)
     with open(args.request) as f:
         req = json.load(f)
@@ -422,7 +450,7 @@ def main(argv: list[str] | None = None) -> None:
     def write(complete: bool) -> None:  # after every configuration: a timeout keeps what is done
         with open(args.out + ".tmp", "w") as f:
             out = {"machine": info, "results": results, "errors": errors, "complete": complete}
-            json.dump(out, f, indent=2)
+            json.dump(strict(out), f, indent=2, allow_nan=False)
         os.replace(args.out + ".tmp", args.out)
 
     for objective in req["objectives"]:

@@ -12,13 +12,18 @@
 # Overrides (for a dry run elsewhere): PARTSEG_SHAPES, PARTSEG_SEEDS, PARTSEG_RESOLUTION,
 # PARTSEG_NOISES (default "heavy mild"), PARTSEG_TIMEOUT (per noise level), PARTSEG_CPU_SHAPES
 # (0 skips step 1), PARTSEG_CPU_TIMEOUT.
+# Nothing is written to or run from a fixed /tmp path: the package links live in a private
+# mktemp -d folder, removed on exit; $OUT defaults to a new mktemp -d folder (printed).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
-OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
+OUT="${OUT:-$(mktemp -d)}"; mkdir -p "$OUT"; echo "results in $OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
 nproc >> "$OUT/gpu.txt"
 
-source benchmarks/gpu_setup.sh
+# Our package from the working tree, uninstalled (benchmarks/gpu_setup.sh: links in a fresh
+# mktemp -d folder, $PPL_ROOT), removed on exit.
+source benchmarks/gpu_setup.sh || exit 1
+trap 'rm -rf "$PPL_ROOT"' EXIT
 
 SHAPES="${PARTSEG_SHAPES:-50}"
 SEEDS="${PARTSEG_SEEDS:-3}"

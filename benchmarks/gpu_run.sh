@@ -4,7 +4,8 @@
 # Usage there: bash benchmarks/gpu_run.sh  (writes to $OUT)
 set -uo pipefail
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
+# $OUT is set by the device tool; elsewhere a fresh private folder (never a fixed /tmp path).
+OUT="${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/ppl-gpu-run.XXXXXXXX")}"; mkdir -p "$OUT"; echo "writing to $OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
 B=64,128,256,512,1024,8192,65536,262144
 python3 benchmarks/overhead.py --batches $B --repeats 200 --json "$OUT/overhead-gpu.json" 2>&1 | tee "$OUT/overhead-gpu.txt"

@@ -5,7 +5,8 @@
 # Usage there: bash benchmarks/gpu_unnormalized.sh   (no carry needed)
 set -uo pipefail
 export PYTHONUNBUFFERED=1
-OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
+# $OUT is set by the device tool; elsewhere a fresh private folder (never a fixed /tmp path).
+OUT="${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/ppl-gpu-unnormalized.XXXXXXXX")}"; mkdir -p "$OUT"; echo "writing to $OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
 
 source benchmarks/gpu_setup.sh

@@ -32,7 +32,6 @@ Usage: python benchmarks/overhead.py [--batches 64,128] [--repeats 200] [--compi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -47,6 +46,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from numpyro.infer import Trace_ELBO
+from ppl.models._records import check_results, int_list, output_path, positive_int
 
 import ppl
 from ppl import transforms as T
@@ -201,7 +201,7 @@ def bench_batch(batch: int, repeats: int, rounds: int, compiles: int) -> dict[st
         result[name] = {"compile_s": float(np.median(samples)), "compile_samples_s": samples}
 
     hand_v, hand_g = outs["hand"]
-    ours_v, ours_g = outs["ours"]
+    ours_v, ours_g, _ = outs["ours"]  # (value, grad, state)
     value_scale = abs(float(hand_v))
     grad_scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(hand_g))
     at_np_key = jax.value_and_grad(hand_elbo_at)(params, x, np_z_key(key))
@@ -263,12 +263,20 @@ def print_table(results: list[dict[str, Any]]) -> None:
 
 
 def add_timing_arguments(parser: argparse.ArgumentParser, repeats: int, rounds: int) -> None:
-    """The options every timing benchmark shares (batches, repeats, rounds, compiles, JSON, checks)."""
-    parser.add_argument("--batches", default="64,128,256,512,1024", help="comma-separated list")
-    parser.add_argument("--repeats", type=int, default=repeats, help="timed calls per system and batch")
-    parser.add_argument("--rounds", type=int, default=rounds, help="interleaved timing rounds")
-    parser.add_argument("--compiles", type=int, default=3, help="first calls timed (median)")
-    parser.add_argument("--json", default=None, help="write the results here")
+    """The options every timing benchmark shares (batches, repeats, rounds, compiles, JSON, checks).
+
+    Each is validated as it is parsed (argparse exits with status 2 and the message): the
+    batches a non-empty list of positive integers, the counts positive, the JSON path writable.
+    """
+    parser.add_argument(
+        "--batches", type=int_list, default="64,128,256,512,1024", help="comma-separated positive integers"
+    )
+    parser.add_argument(
+        "--repeats", type=positive_int, default=repeats, help="timed calls per system and batch"
+    )
+    parser.add_argument("--rounds", type=positive_int, default=rounds, help="interleaved timing rounds")
+    parser.add_argument("--compiles", type=positive_int, default=3, help="first calls timed (median)")
+    parser.add_argument("--json", type=output_path("--json"), default=None, help="write the results here")
     parser.add_argument(
         "--runtime-checks",
         choices=("on", "off"),
@@ -281,14 +289,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_timing_arguments(parser, repeats=200, rounds=10)
     args = parser.parse_args(argv)
-    batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    batches = args.batches
     ppl.set_runtime_checks(args.runtime_checks == "on")
-    rounds = max(1, min(args.rounds, args.repeats))
+    rounds = min(args.rounds, args.repeats)
 
     info = machine_info()
     print(", ".join(f"{k}={v}" for k, v in info.items()))
     bench_batch(8, 3, 1, 1)  # warm-up: imports, backend start, first-use caches
-    results = []
+    results: list[dict[str, Any]] = []
     for batch in batches:
         result = bench_batch(batch, args.repeats, rounds, max(1, args.compiles))
         check = result["check"]
@@ -302,7 +310,6 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print_table(results)
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         config = {
             "batches": batches,
             "repeats": args.repeats,
@@ -310,9 +317,9 @@ def main(argv: list[str] | None = None) -> None:
             "compiles": args.compiles,
             "runtime_checks": args.runtime_checks,
         }
-        with open(args.json, "w") as f:
-            json.dump({"machine": info, "config": config, "results": results}, f, indent=2)
+        T.write_json({"machine": info, "config": config, "results": results}, args.json)
         print(f"\nwrote {args.json}")
+    check_results(results, "overhead")
 
 
 if __name__ == "__main__":

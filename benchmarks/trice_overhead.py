@@ -17,13 +17,15 @@ apart: fed our step's proposals, the hand gradient equals ours (max abs differen
 Reports compile time and the median, p10 and p90 step time. NumPyro, TFP and GenJAX have no
 TRICE estimator, so there is no library peer to time.
 
-Run: ``python benchmarks/trice_overhead.py [--batches 64,256] [--json PATH]``.
+Run: ``python benchmarks/trice_overhead.py [--batches 64,256] [--repeats N] [--json PATH]``
+(batch sizes ≥ 2, positive repeats; the JSON path is checked before anything runs and written
+as strict JSON, atomically; a non-finite timing or gradient difference exits non-zero).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -115,7 +117,7 @@ def bench(m: int, repeats: int) -> dict[str, Any]:
                 times.append(time.perf_counter() - start)
             row[system] = summarize(times)
             if system == "ours":
-                (_, chain), grad = out
+                (_, chain), grad, _ = out
                 proposals = trice.rationales(chain.proposal)
         if name != "subsampled":  # same proposals: same gradient
             _, want, _ = hand_gradient(params, batch.prompt, batch.answer, memory, proposals, name)
@@ -125,18 +127,56 @@ def bench(m: int, repeats: int) -> dict[str, Any]:
     return result
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def batch_list(text: str) -> list[int]:
+    """An argparse type: comma-separated batch sizes, each an integer ≥ 2 (TRICE's leave-one-out
+    needs two questions)."""
+    try:
+        sizes = [int(b) for b in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or any(m < 2 for m in sizes):
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers ≥ 2, got {text!r}")
+    return sizes
+
+
+def _nonfinite(obj: Any, path: str = "") -> list[str]:
+    if isinstance(obj, dict):
+        return [p for k, v in obj.items() for p in _nonfinite(v, f"{path}.{k}")]
+    if isinstance(obj, list):
+        return [p for i, v in enumerate(obj) for p in _nonfinite(v, f"{path}[{i}]")]
+    return [path.lstrip(".")] if isinstance(obj, float) and not math.isfinite(obj) else []
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", default="64,256")
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--batches", type=batch_list, default=[64, 256], help="batch sizes M (default 64,256)"
+    )
+    parser.add_argument("--repeats", type=positive_int, default=20, help="timed steps per row (default 20)")
+    parser.add_argument("--json", default=None, help="write the record here (strict JSON)")
     args = parser.parse_args(argv)
+    if args.json:
+        try:
+            T.check_output_path(args.json, "--json")
+        except ValueError as e:
+            parser.error(str(e))
     record = {"machine": machine_info(), "results": []}
     head = f"{'M':>5} {'estimator':<11}{'ours ms':>10}{'hand ms':>10}{'ratio':>8}"
     head += f"{'compile ours/hand s':>22}{'grad diff':>11}"
     print(head)
     print("-" * len(head))
-    for m in (int(b) for b in args.batches.split(",")):
+    for m in args.batches:
         result = bench(m, args.repeats)
         record["results"].append(result)
         for name in ESTIMATORS:
@@ -148,7 +188,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"{r['ratio']:>8.2f}{compile_s:>22}{diff:>11}"
             )
     if args.json:
-        Path(args.json).write_text(json.dumps(record, indent=1, default=float))
+        T.write_json(record, args.json)
+    bad = _nonfinite(record["results"])
+    if bad:
+        raise SystemExit(f"error: non-finite results: {', '.join(bad)}")
     return record
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import math
 import sys
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
+from ppl.models._records import check_results, int_list
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from overhead import add_timing_arguments, machine_info, max_diff, timed
@@ -165,7 +165,7 @@ def bench(name: str, dim: int, batch: int, repeats: int, rounds: int, compiles: 
     state0 = est.init(params, x)
     # A state one step in (count 1), so the tracked branches run as in training.
     ours0, _ = ours_step(name, noise, batch)
-    _, state = ours0(params, jax.random.key(3), x, state0)
+    state = ours0(params, jax.random.key(3), x, state0).state
     hand_state = state.get("log_partition", {})
     compile_times: dict[str, list[float]] = {"hand": [], "ours": []}
     outs: dict[str, Any] = {}
@@ -180,7 +180,7 @@ def bench(name: str, dim: int, batch: int, repeats: int, rounds: int, compiles: 
             seconds, outs[system] = timed(steps[system])
             compile_times[system].append(seconds)
     (hv, hg), hs = outs["hand"]
-    (ov, og), os_ = outs["ours"]
+    ov, og, os_ = outs["ours"]  # (value, grad, state)
     check = {
         "value": max_diff(ov, hv),
         "grad": max_diff(og, hg),
@@ -222,20 +222,29 @@ def print_table(results: list[dict[str, Any]]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_timing_arguments(parser, repeats=200, rounds=10)
-    parser.add_argument("--dims", default="2,64", help="comma-separated data dimensions")
+    parser.add_argument("--dims", type=int_list, default="2,64", help="comma-separated data dimensions")
     parser.set_defaults(batches="256,4096")
     args = parser.parse_args(argv)
     ppl.set_runtime_checks(args.runtime_checks == "on")
-    results = []
-    for dim in [int(d) for d in args.dims.split(",")]:
-        for batch in [int(b) for b in args.batches.split(",")]:
+    results: list[dict[str, Any]] = []
+    for dim in args.dims:
+        for batch in args.batches:
             for name in ESTIMATORS:
                 results.append(bench(name, dim, batch, args.repeats, args.rounds, args.compiles))
                 print_table(results[-1:])
     print()
     print_table(results)
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine_info(), "results": results}, indent=1))
+        config = {
+            "dims": args.dims,
+            "batches": args.batches,
+            "repeats": args.repeats,
+            "rounds": args.rounds,
+            "compiles": args.compiles,
+            "runtime_checks": args.runtime_checks,
+        }
+        T.write_json({"machine": machine_info(), "config": config, "results": results}, args.json)
+    check_results(results, "unnormalized_overhead")
 
 
 if __name__ == "__main__":

@@ -50,7 +50,6 @@ Usage: python benchmarks/vae_overhead.py [--batches 64,128] [--objectives elbo,i
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform
@@ -89,6 +88,7 @@ from overhead import (  # type: ignore[import-not-found]
     np_z_key,
     timed,
 )
+from ppl.models._records import check_results, name_list, positive_float
 
 import ppl
 from ppl import transforms as T
@@ -133,25 +133,30 @@ def iwelbo_objective(K: int) -> T.Expectation:
     return iwelbo
 
 
+@ppl.gen
+def point_model(params: Params, x: jax.Array) -> jax.Array:
+    """``overhead.model`` at batch size 1, called as the objective library calls models."""
+    return model.fn(params, 1)
+
+
 def library_iwelbo(K: int) -> Callable[[Params, jax.Array, jax.Array], Any]:
     """The library's ``T.iwelbo(model, guide, K)``, per data point (``in_axes``), batch mean.
 
-    ``T.iwelbo`` takes ``(model_args, guide_args, observations)`` for one datum, so
-    the batch programs of ``overhead.py`` are used at batch size 1 (``x[:, None]``),
-    the estimator maps over the data with ``in_axes`` (a key per datum) and averages,
-    and the parameters' gradient is the sum of the model's and the guide's parts.
+    ``T.iwelbo`` is called as ``(params, observations, x)`` for one datum, model and guide
+    both as ``(params, x)``: the batch programs of ``overhead.py`` are used at batch size 1
+    (:func:`point_model`), so the returned function takes the data in that layout,
+    ``x[:, None]`` (shape ``(n, 1, D)``, prepared once by :func:`make_steps`). The estimator
+    maps over the data with ``in_axes`` (a key per datum) and averages; ``params`` is the
+    one pytree both programs read, so the gradient is the total. It is the estimator's own
+    jitted call, as a user makes it (an enclosing ``jax.jit`` would add a host callback per
+    call for the runtime checks).
     """
-    point_model = ppl.gen(functools.partial(model.fn, n=1))
-    est = T.iwelbo(point_model, guide, K).estimator(
-        argnums=(0, 1), in_axes=((None,), (None, 0), {"x": 0}), reduce="mean"
-    )
+    est = T.iwelbo(point_model, guide, K).estimator(in_axes=({"x": 0}, 0), reduce="mean")
 
-    def value_and_grad(params: Params, key: jax.Array, x: jax.Array) -> Any:
-        xs = x[:, None]
-        value, (model_grad, guide_grad) = est.value_and_grad(key, (params,), (params, xs), {"x": xs})
-        return value, jax.tree.map(jnp.add, model_grad[0], guide_grad[0])
+    def value_and_grad(params: Params, key: jax.Array, points: jax.Array) -> Any:
+        return est.value_and_grad(key, params, {"x": points}, points)
 
-    return jax.jit(value_and_grad)
+    return value_and_grad
 
 
 def library_iwelbo_eps(key: jax.Array, batch: int) -> jax.Array:
@@ -244,7 +249,8 @@ def make_steps(objective: str, params: Params, key: jax.Array, x: jax.Array) -> 
     steps: dict[str, Step] = {"hand": lambda: hand(params, key, x)}
     for name in OURS[objective]:
         f = ours_value_and_grad(objective, name)
-        steps[name] = lambda f=f: f(params, key, x)
+        data = x[:, None] if name == "ours-lib" else x  # ours-lib: one point per datum
+        steps[name] = lambda f=f, data=data: f(params, key, data)
     steps["numpyro"] = lambda: theirs(params, key, x)
     return steps
 
@@ -306,7 +312,7 @@ def bench(objective: str, batch: int, repeats: int, rounds: int, compiles: int) 
     grad_scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(hand_g))
     check: dict[str, float] = {}
     for name, eps in OURS[objective].items():
-        v, g = outs[name]
+        v, g = outs[name][:2]  # ours: (value, grad, state)
         ref_v, ref_g = hand_v, hand_g  # hand draws ours's numbers
         if name != "ours":  # another layout: hand at that system's random numbers
             ref_v, ref_g = jax.value_and_grad(hand_iwelbo_from_eps)(params, x, eps(key, batch))
@@ -507,10 +513,22 @@ def shortfalls(results: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def existing_file(text: str) -> str:
+    """An argparse type: a file that exists (an input)."""
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"no such file: {text!r}")
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_timing_arguments(parser, repeats=100, rounds=20)
-    parser.add_argument("--objectives", default="elbo,iwelbo8", help="comma-separated: elbo, iwelbo8")
+    parser.add_argument(
+        "--objectives",
+        type=name_list(OBJECTIVES, "objective"),
+        default=",".join(OBJECTIVES),
+        help="comma-separated: elbo, iwelbo8",
+    )
     gj = parser.add_mutually_exclusive_group()
     gj.add_argument(
         "--genjax-venv",
@@ -518,20 +536,20 @@ def main(argv: list[str] | None = None) -> None:
         help="GenJAX 0.10.3 virtual environment (created with python3.11 if missing)",
     )
     gj.add_argument("--genjax-python", default=None, help="a Python that already imports genjax (GPU)")
-    parser.add_argument("--genjax-timeout", type=float, default=1800, help="seconds for the GenJAX peer")
-    parser.add_argument("--markdown", default=None, help="print markdown tables of this JSON and exit")
+    parser.add_argument(
+        "--genjax-timeout", type=positive_float, default=1800, help="seconds for the GenJAX peer"
+    )
+    parser.add_argument(
+        "--markdown", type=existing_file, default=None, help="print markdown tables of this JSON and exit"
+    )
     args = parser.parse_args(argv)
     if args.markdown:
         with open(args.markdown) as f:
             print(markdown(json.load(f)))
         return
-    batches = [int(b) for b in args.batches.split(",") if b.strip()]
-    objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
-    for o in objectives:
-        if o not in OBJECTIVES:
-            parser.error(f"unknown objective {o!r}; choose from {', '.join(OBJECTIVES)}")
+    batches, objectives = args.batches, args.objectives
     ppl.set_runtime_checks(args.runtime_checks == "on")
-    args.rounds = max(1, min(args.rounds, args.repeats))
+    args.rounds = min(args.rounds, args.repeats)
     if args.genjax_venv or args.genjax_python:  # the peer is a second JAX process on the device
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
@@ -545,7 +563,7 @@ def main(argv: list[str] | None = None) -> None:
     results: list[dict[str, Any]] = []
     for objective in objectives:
         for batch in batches:
-            result = bench(objective, batch, args.repeats, args.rounds, max(1, args.compiles))
+            result = bench(objective, batch, args.repeats, args.rounds, args.compiles)
             ratios = ", ".join(
                 f"{name} {result[name]['ratio_to_hand']:.3f}" for name in systems_of(objective)[1:]
             )
@@ -556,17 +574,18 @@ def main(argv: list[str] | None = None) -> None:
             )
             results.append(result)
             attach_genjax(results, peer)
-            write_json(args, info, objectives, batches, results, peer, complete=False)
+            write_results(args, info, objectives, batches, results, peer, complete=False)
     print()
     print_table(results)
     misses = shortfalls(results)
     print("targets met everywhere" if not misses else "shortfalls:\n  " + "\n  ".join(misses))
-    write_json(args, info, objectives, batches, results, peer, misses, complete=True)
+    write_results(args, info, objectives, batches, results, peer, misses, complete=True)
     if args.json:
         print(f"\nwrote {args.json}")
+    check_results([{k: v for k, v in r.items() if k != "genjax"} for r in results], "vae_overhead")
 
 
-def write_json(
+def write_results(
     args: argparse.Namespace,
     info: dict[str, Any],
     objectives: list[str],
@@ -576,10 +595,10 @@ def write_json(
     misses: list[str] | None = None,
     complete: bool = True,
 ) -> None:
-    """Write the results; called after every configuration too (``complete`` false)."""
+    """Write the results with ``T.write_json`` (strict, atomic); after every configuration too
+    (``complete`` false), so a run cut short keeps what it measured."""
     if not args.json:
         return
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     config = {
         **run_config(args, objectives, batches),
         "runtime_checks": args.runtime_checks,
@@ -594,9 +613,7 @@ def write_json(
         "shortfalls": misses,
         "complete": complete,
     }
-    with open(args.json + ".tmp", "w") as f:
-        json.dump(out, f, indent=2)
-    os.replace(args.json + ".tmp", args.json)
+    T.write_json(out, args.json)
 
 
 def cpu_model() -> str:

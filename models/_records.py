@@ -1,16 +1,25 @@
-"""Benchmark records shared by the applications' CLIs: the machine, strict JSON written atomically."""
+"""What the applications' CLIs share: the machine a run was measured on, and flag validation.
+
+Results are written with :func:`ppl.transforms.write_json` (strict JSON, atomic); output paths
+are checked with :func:`ppl.transforms.check_output_path` before a run starts. The argparse
+types below reject bad flags at parse time (argparse then exits with status 2 and the message);
+:func:`check_results` ends a run whose results are empty or not finite with status 1.
+"""
 
 from __future__ import annotations
 
-import json
+import argparse
 import math
 import os
 import platform
 import subprocess
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
 import numpy as np
+
+from ppl import transforms as T
 
 
 def git_commit() -> str | None:
@@ -42,20 +51,123 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def clean(obj: Any) -> Any:
-    """NaN/inf → None so the JSON is strict."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
+# -- argparse types ------------------------------------------------------------------
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (counts, steps, seeds, repeats, batches)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """An argparse type: an integer >= 0 (seeds, warm-up counts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0 (learning rates, timeouts)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text!r}")
+    return value
+
+
+def open_unit_float(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 1 (decay rates)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number strictly between 0 and 1, got {text!r}")
+    return value
+
+
+def name_list(choices: Iterable[str] | None, what: str = "name") -> Callable[[str], list[str]]:
+    """An argparse type: a comma-separated, non-empty list of known names, without repeats.
+
+    ``choices=None`` accepts any non-empty names (check them after parsing when the known
+    names depend on other flags).
+    """
+    known = None if choices is None else tuple(choices)
+    among = "" if known is None else f" from {', '.join(known)}"
+
+    def parse(text: str) -> list[str]:
+        names = [n.strip() for n in text.split(",")]
+        if not text.strip() or any(not n for n in names):
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated list of {what}s{among}, got {text!r} (an empty entry)"
+            )
+        unknown = [] if known is None else [n for n in names if n not in known]
+        if unknown:
+            raise argparse.ArgumentTypeError(
+                f"unknown {what}(s) {', '.join(unknown)}; choose from {', '.join(known)}"
+            )
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise argparse.ArgumentTypeError(f"{what}(s) given twice: {', '.join(repeated)}")
+        return names
+
+    return parse
+
+
+def int_list(text: str) -> list[int]:
+    """An argparse type: a comma-separated, non-empty list of positive integers (batch sizes)."""
+    parts = [p.strip() for p in text.split(",")]
+    if not text.strip() or any(not p for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of positive integers, got {text!r} (an empty entry)"
+        )
+    return [positive_int(p) for p in parts]
+
+
+def output_path(what: str) -> Callable[[str], str]:
+    """An argparse type: a file path that can be written (checked now, before any run)."""
+
+    def check(text: str) -> str:
+        try:
+            return T.check_output_path(text, what)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return check
+
+
+# -- results -------------------------------------------------------------------------
+def nonfinite_paths(obj: Any, path: str = "") -> list[str]:
+    """The paths (``a.b[2]``) of the non-finite numbers in a record of dicts, lists and numbers."""
     if isinstance(obj, dict):
-        return {k: clean(v) for k, v in obj.items()}
+        return [p for k, v in obj.items() for p in nonfinite_paths(v, f"{path}.{k}" if path else str(k))]
     if isinstance(obj, list | tuple):
-        return [clean(v) for v in obj]
-    return obj
+        return [p for i, v in enumerate(obj) for p in nonfinite_paths(v, f"{path}[{i}]")]
+    if hasattr(obj, "__array__") and not isinstance(obj, str | bytes):
+        array = np.asarray(obj)
+        if array.dtype.kind in "fc":
+            return [] if bool(np.all(np.isfinite(array))) else [path]
+        return []
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return [path]
+    return []
 
 
-def write_json(record: dict[str, Any], path: str) -> None:
-    """Write ``record`` to ``path`` atomically (a temporary file, then a rename)."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(clean(record), f, indent=1, default=float)
-    os.replace(tmp, path)
+def check_results(results: Any, what: str) -> None:
+    """End the run (exit status 1, with a message) if ``results`` is empty or has a non-finite number."""
+    if results is None or (hasattr(results, "__len__") and len(results) == 0):
+        raise SystemExit(f"error: {what}: no results")
+    bad = nonfinite_paths(results)
+    if bad:
+        listed = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise SystemExit(f"error: {what}: non-finite results at {listed}")

@@ -137,15 +137,19 @@ def encoder_logits(params: Params, x: jax.Array) -> jax.Array:
 
 
 @ppl.gen
-def model(params: Params) -> jax.Array:
-    """``z ~ Bernoulli(σ(b))`` (one site, batch shape ``(latents,)``), ``x ~ Bernoulli(σ(W z + c))``."""
+def model(params: Params, x: jax.Array | None = None) -> jax.Array:
+    """``z ~ Bernoulli(σ(b))`` (one site, batch shape ``(latents,)``), ``x ~ Bernoulli(σ(W z + c))``.
+
+    ``x`` (the data argument the objective library passes to model and guide alike) is not
+    used: the observed image comes in through the observations.
+    """
     z = ppl.sample("z", dist.Bernoulli(logits=params["prior_logits"]))
     return ppl.sample("x", dist.Bernoulli(logits=decoder_logits(params, z)))
 
 
 @ppl.gen
-def guide(x: jax.Array, params: Params) -> jax.Array:
-    """``z ~ Bernoulli(σ(V x + a))``. ``x`` comes first so ``in_axes=(0, None)`` can batch it."""
+def guide(params: Params, x: jax.Array) -> jax.Array:
+    """``z ~ Bernoulli(σ(V x + a))`` for one image ``x``."""
     return ppl.sample("z", dist.Bernoulli(logits=encoder_logits(params, x)))
 
 
@@ -157,17 +161,17 @@ def elbo(params: Params, x: jax.Array) -> jax.Array:
     gradient, ``−∇φ log q(z | x)``, has expectation zero, so dropping it keeps
     every strategy unbiased and removes its variance (for ``reinforce`` the guide
     gradient becomes ``(log p − log q) ∇φ log q``, as in NumPyro's
-    ``TraceGraph_ELBO``). ``T.elbo(model, guide, gradient="stl")`` computes the
-    same estimator.
+    ``TraceGraph_ELBO``). ``T.elbo_stl(model, guide)`` computes the same
+    estimator.
     """
-    tr = T.sim(guide, x, params)
+    tr = T.sim(guide, params, x)
     return T.density(model, {"z": tr.choices["z"], "x": x}, params) - jax.lax.stop_gradient(tr.score)
 
 
 @T.expectation
 def elbo_standard(params: Params, x: jax.Array) -> jax.Array:
     """:data:`elbo` with the direct ``−∇φ log q`` term kept (``T.elbo``'s standard form)."""
-    tr = T.sim(guide, x, params)
+    tr = T.sim(guide, params, x)
     return T.density(model, {"z": tr.choices["z"], "x": x}, params) - tr.score
 
 
@@ -226,7 +230,7 @@ class Trainer:
         self.name = name
         self.particles = particles if name in ("reinforce+leave-one-out", "vimco", "rb+leave-one-out") else 1
         self.stateful = name == "reinforce+running-average"
-        batched = (None, 0)
+        batched = (0,)  # the objectives' one data argument, x: one image per vmapped copy
         if name == "reinforce":
             est = elbo.estimator({"z": T.reinforce()}, in_axes=batched, reduce="sum")
         elif name == "reinforce+running-average":
@@ -247,33 +251,26 @@ class Trainer:
                 default=T.reinforce(T.leave_one_out()), particles=particles, in_axes=batched, reduce="sum"
             )
         else:
-            # T.vimco's arguments: (model_args, guide_args, observations); x is batched in the
-            # guide's arguments and the observations. Gradients w.r.t. both argument tuples.
+            # T.vimco is called as (params, observations, x): both data arguments batched. Its
+            # guide samples are drawn with stopped parameters, so the site's strategy adds no
+            # gradient; naming one keeps auto() from warning about a missing baseline.
             est = T.vimco(model, guide, particles).estimator(
-                argnums=(0, 1), in_axes=(None, (0, None), {"x": 0}), reduce="sum"
+                default=T.reinforce(), in_axes=({"x": 0}, 0), reduce="sum"
             )
         self.estimator = est
 
-    def _args(self, params: Params, x: jax.Array) -> tuple:
-        if self.name == "vimco":
-            return ((params,), (x, params), {"x": x})
-        return (params, x)
+    def _data(self, x: jax.Array) -> tuple:
+        return ({"x": x}, x) if self.name == "vimco" else (x,)
 
     def init(self, params: Params, x: jax.Array) -> Any:
-        return self.estimator.init(*self._args(params, x)) if self.stateful else None
+        """The estimator state (the running average), or None for the stateless estimators."""
+        return self.estimator.init(params, *self._data(x)) if self.stateful else None
 
     def grad(
         self, key: jax.Array, params: Params, x: jax.Array, state: Any = None
     ) -> tuple[Any, Params, Any]:
-        args = self._args(params, x)
-        if self.stateful:
-            (value, grad), state = self.estimator.value_and_grad(key, *args, state=state)
-        else:
-            value, grad = self.estimator.value_and_grad(key, *args)
-        if self.name == "vimco":
-            (model_grad,), (_, guide_grad) = grad
-            grad = jax.tree.map(jnp.add, model_grad, guide_grad)
-        return value, grad, state
+        value, grad, new_state = self.estimator.value_and_grad(key, params, *self._data(x), state=state)
+        return value, grad, new_state if self.stateful else state
 
     def cost_note(self) -> str:
         """How many model evaluations one datum costs with this estimator."""

@@ -30,7 +30,7 @@ per image of a minibatch with its own key (``in_axes``) and averaged:
   q(z_k|x)`` where ``L̂_{-k}`` replaces ``log w_k`` by the mean of the others;
   ``∇θ = Σ_k w̃_k ∇θ log p(x, z_k)``.
 * ``dreg5``: IWELBO(5) with doubly reparameterized guide gradients
-  (:func:`T.iwelbo` with ``gradient="dreg"``): ``∇φ ≈ Σ_k w̃_k² ∂log w_k/∂z_k
+  (:func:`T.iwelbo_dreg`): ``∇φ ≈ Σ_k w̃_k² ∂log w_k/∂z_k
   ∂z_k/∂φ``, model gradient as for IWELBO.
 * ``rws5``: reweighted wake-sleep with K = 5 (:func:`T.wake_p` for the decoder,
   :func:`T.wake_q` for the encoder, one Adam step on both): ``∇θ ≈ Σ_k w̃_k ∇θ
@@ -40,8 +40,9 @@ per image of a minibatch with its own key (``in_axes``) and averaged:
   the same key and hence the same K particles.
 
 Training: Adam (learning rate 1e-3), minibatches of 100 images drawn without
-replacement at every step, the whole update (minibatch, estimator, Adam) one
-jitted function compiled once; 5000 steps by default (all six objectives with
+replacement at every step, with :func:`ppl.transforms.fit` (one compiled step: the
+estimator and Adam); ``rws5``, two estimators per step, runs its own jitted step
+(:func:`make_rws_update`); 5000 steps by default (all six objectives with
 their evaluation take about 3 minutes on a 2-core CPU for ``digits``; ``table1``
 is about ten times slower per step, so give it fewer ``--steps``). Evaluation: the held-out log-likelihood
 ``log p(x)`` estimated by IWELBO with K = 1000 per test image, averaged over the
@@ -50,7 +51,8 @@ the test ELBO and the wall time of training.
 
 Run ``python -m ppl.models.vae [--steps N] [--objectives elbo,iwelbo5,...]
 [--size digits|table1] [--json PATH] [--seed S]``: prints a table (objective,
-held-out log-likelihood, training bound, wall time) and writes JSON.
+held-out log-likelihood, training bound, wall time) and writes JSON (``--json``, checked
+before training starts).
 
 Example:
     >>> import jax
@@ -66,10 +68,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import math
-import os
-import platform
 import time
 from collections.abc import Callable
 from typing import Any
@@ -79,6 +78,14 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 import optax
+from ppl.models._records import (
+    check_results,
+    machine_info,
+    name_list,
+    nonnegative_int,
+    output_path,
+    positive_int,
+)
 
 import ppl
 from ppl import transforms as T
@@ -157,24 +164,29 @@ def encode(encoder: Params, x: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 @ppl.gen
-def model(decoder: Params) -> jax.Array:
-    """One image: ``z ~ Normal(0, I)``, ``x ~ Bernoulli(logits=decoder(z))``."""
+def model(params: Params, x: jax.Array | None = None) -> jax.Array:
+    """One image: ``z ~ Normal(0, I)``, ``x ~ Bernoulli(logits=decoder(z))``.
+
+    Reads ``params["decoder"]``; ``x`` (the objective's data argument, shared with the guide)
+    is not used: the observed image comes in through the observations.
+    """
+    decoder = params["decoder"]
     latent = decoder["l1"]["w"].shape[0]
     z = ppl.sample("z", dist.Normal(jnp.zeros(latent), 1.0).to_event(1))
     return ppl.sample("x", dist.Bernoulli(logits=decode(decoder, z)).to_event(1))
 
 
 @ppl.gen
-def guide(x: jax.Array, encoder: Params) -> jax.Array:
-    """``q(z | x) = Normal(μ(x), diag σ(x)²)`` for one image ``x``."""
-    loc, scale = encode(encoder, x)
+def guide(params: Params, x: jax.Array) -> jax.Array:
+    """``q(z | x) = Normal(μ(x), diag σ(x)²)`` for one image ``x``; reads ``params["encoder"]``."""
+    loc, scale = encode(params["encoder"], x)
     return ppl.sample("z", dist.Normal(loc, scale).to_event(1))
 
 
 # -- objectives ------------------------------------------------------------------
-# Arguments of every objective: (model_args, guide_args, observations) =
-# ((decoder,), (x, encoder), {"x": x}); per image: x mapped, parameters shared.
-IN_AXES = (None, (0, None), 0)
+# Every objective is called as objective(params, {"x": x}, x) for one image x: params (decoder
+# and encoder) shared, the observations and the guide's input mapped per image of a minibatch.
+IN_AXES = (0, 0)
 
 OBJECTIVES: dict[str, str] = {
     "elbo": "ELBO, reparameterized",
@@ -186,24 +198,23 @@ OBJECTIVES: dict[str, str] = {
 }
 
 
-def _estimators(name: str) -> list[T.Estimator]:
-    """The estimators of one training objective; each differentiates its ``argnums``."""
+def _check_name(name: str) -> None:
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; choose from {', '.join(OBJECTIVES)}")
 
-    def est(objective: T.Expectation, argnums: tuple[int, ...] = (0, 1)) -> T.Estimator:
-        # jit=False: the estimators are traced inside the jitted update step.
-        return objective.estimator(argnums=argnums, in_axes=IN_AXES, jit=False)
 
+def objectives(name: str) -> list[T.Expectation]:
+    """The library objectives of training objective ``name`` (two for ``rws5``: wake-p, wake-q)."""
+    _check_name(name)
     if name == "elbo":
-        return [est(T.elbo(model, guide))]
+        return [T.elbo(model, guide)]
     if name in ("iwelbo5", "iwelbo50"):
-        return [est(T.iwelbo(model, guide, int(name.removeprefix("iwelbo"))))]
+        return [T.iwelbo(model, guide, int(name.removeprefix("iwelbo")))]
     if name == "vimco5":
-        return [est(T.vimco(model, guide, 5))]
+        return [T.vimco(model, guide, 5)]
     if name == "dreg5":
-        return [est(T.iwelbo(model, guide, 5, gradient="dreg"))]
-    if name == "rws5":  # wake-p moves the decoder only, wake-q the encoder only
-        return [est(T.wake_p(model, guide, 5), (0,)), est(T.wake_q(model, guide, 5), (1,))]
-    raise ValueError(f"unknown objective {name!r}; choose from {', '.join(OBJECTIVES)}")
+        return [T.iwelbo_dreg(model, guide, 5)]
+    return [T.wake_p(model, guide, 5), T.wake_q(model, guide, 5)]
 
 
 def check_images(x: Any, params: Params, what: str = "images") -> jax.Array:
@@ -223,40 +234,59 @@ def check_images(x: Any, params: Params, what: str = "images") -> jax.Array:
     return x
 
 
-@functools.cache
-def make_update(
-    name: str, learning_rate: float = LEARNING_RATE, batch_size: int = BATCH
-) -> tuple[optax.GradientTransformation, Callable[..., tuple[Params, Any, jax.Array]]]:
-    """Adam and the jitted training step ``(params, opt_state, key, data) -> (params, opt_state, bound)``.
+def batch_key(key: jax.Array, step: int | jax.Array) -> jax.Array:
+    """The minibatch key of step ``step`` of a run with key ``key``."""
+    return jax.random.split(jax.random.fold_in(key, step))[0]
 
-    The step draws a minibatch of ``batch_size`` images without replacement,
-    estimates the gradient of objective ``name`` (averaged over the minibatch,
-    each image with its own particles) and takes one Adam step uphill. ``bound``
-    is the objective's estimate on the minibatch (for ``rws5``, wake-p's
-    IWELBO(5)). Cached, so repeated training runs reuse the compiled step.
+
+@functools.partial(jax.jit, static_argnums=3)
+def minibatch(data: jax.Array, key: jax.Array, step: int | jax.Array, batch_size: int) -> jax.Array:
+    """Step ``step``'s ``batch_size`` images of ``data``, drawn without replacement with
+    ``batch_key(key, step)`` (one compiled call per step)."""
+    return data[jax.random.choice(batch_key(key, step), data.shape[0], (batch_size,), replace=False)]
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+@functools.cache
+def make_rws_update(
+    learning_rate: float = LEARNING_RATE, batch_size: int = BATCH
+) -> tuple[optax.GradientTransformation, Callable[..., tuple[Params, Any, jax.Array, jax.Array]]]:
+    """Adam and the jitted ``rws5`` step ``(params, opt_state, key, data) -> (params, opt_state, bound, ok)``.
+
+    Reweighted wake-sleep combines two estimators per step, wake-p (its decoder gradient) and
+    wake-q (its encoder gradient), on the same minibatch with one shared key (so the same K
+    particles), which :func:`ppl.transforms.fit` (one estimator per step) does not express; so
+    this objective keeps its own jitted step. The minibatch is drawn with ``split(key)[0]``
+    (``key = fold_in(run key, step)``, so the stream of :func:`batch_key`), the estimators
+    use ``split(key)[1]``. ``bound`` is wake-p's IWELBO(5) on the minibatch; ``ok`` is false
+    when the bound, a gradient or the updated parameters are not finite, and then the update
+    is not applied (:func:`train` raises :class:`ppl.transforms.FitError`). The estimators'
+    traced checks are off (``checks="off"``): inside this jit they would cost a host callback
+    per step (twice the step time on CPU); ``ok`` and :func:`check_images` cover what they
+    catch here. Cached, so repeated training runs reuse the compiled step.
     """
-    if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; choose from {', '.join(OBJECTIVES)}")
     optimizer = optax.adam(learning_rate)
-    estimators = _estimators(name)
+    # jit=False: the estimators are traced inside the jitted update step.
+    wake_p, wake_q = (o.estimator(in_axes=IN_AXES, jit=False, checks="off") for o in objectives("rws5"))
 
     @jax.jit
     def update(params: Params, opt_state: Any, key: jax.Array, data: jax.Array) -> Any:
         k_batch, k_est = jax.random.split(key)
         x = data[jax.random.choice(k_batch, data.shape[0], (batch_size,), replace=False)]
-        args = ((params["decoder"],), (x, params["encoder"]), {"x": x})
-        grads: Params = {}
-        values = []
-        for estimator in estimators:
-            value, grad = estimator.value_and_grad(k_est, *args)  # one key: shared particles
-            for argnum, g in zip(estimator.argnums, grad):
-                if argnum == 0:
-                    grads["decoder"] = g[0]  # model_args = (decoder,)
-                else:
-                    grads["encoder"] = g[1]  # guide_args = (x, encoder); x's gradient unused
-            values.append(value)
-        updates, opt_state = optimizer.update(jax.tree.map(jnp.negative, grads), opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, values[0]
+        value, grad_p, _ = wake_p.value_and_grad(k_est, params, {"x": x}, x)
+        _, grad_q, _ = wake_q.value_and_grad(k_est, params, {"x": x}, x)  # the same particles
+        grads = {"decoder": grad_p["decoder"], "encoder": grad_q["encoder"]}
+        updates, new_opt_state = optimizer.update(jax.tree.map(jnp.negative, grads), opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        ok = jnp.isfinite(value) & _all_finite(grads) & _all_finite(new_params)
+
+        def keep(new: Any, old: Any) -> Any:
+            return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+
+        return keep(new_params, params), keep(new_opt_state, opt_state), value, ok
 
     return optimizer, update
 
@@ -283,38 +313,97 @@ def train(
 ) -> TrainResult:
     """Train ``params`` on ``data`` with objective ``name`` for ``steps`` Adam steps.
 
-    ``wall_s`` is the whole loop's wall time, the first step included
-    (``compile_s``: compilation, unless this step was compiled by an earlier
-    call). With ``progress`` a tqdm bar shows the running bound.
+    Every objective but ``rws5`` trains with :func:`ppl.transforms.fit` on its estimator
+    (``in_axes`` over the minibatch), the minibatch of step ``t`` drawn with
+    ``batch_key(key, t)``; ``rws5`` runs :func:`make_rws_update` in a loop. ``wall_s`` is the
+    whole loop's wall time, the first step included (``compile_s``: the first step, tracing and
+    compilation included). With ``progress`` a tqdm bar shows the running bound.
     """
-    from tqdm import tqdm
-
-    if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; choose from {', '.join(OBJECTIVES)}")
+    _check_name(name)
     data = check_images(data, params, "training images")
     if batch_size > data.shape[0]:
         raise ValueError(f"batch_size {batch_size} exceeds the {data.shape[0]} training images")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    optimizer, update = make_update(name, float(learning_rate), int(batch_size))
-    opt_state = optimizer.init(params)
-    keys = jax.random.split(key, steps)
-    bounds = []
+    if name == "rws5":
+        return _train_rws(params, data, steps, key, batch_size, learning_rate, progress)
+    (objective,) = objectives(name)
+    stamps: list[float] = []
+
+    def batch(step: int) -> tuple[dict[str, jax.Array], jax.Array]:
+        if step == 1 and len(stamps) == 1:  # step 0 is compiled and dispatched
+            stamps.append(time.perf_counter())
+        x = minibatch(data, key, step, batch_size)
+        return {"x": x}, x
+
     start = time.perf_counter()
-    params, opt_state, value = update(params, opt_state, keys[0], data)
+    stamps.append(start)
+    result = T.fit(
+        objective.estimator(in_axes=IN_AXES),
+        params,
+        optax.adam(learning_rate),
+        steps=steps,
+        key=key,
+        data=batch,
+        progress=progress,
+        config={"app": "vae", "objective": name, "batch_size": batch_size, "learning_rate": learning_rate},
+    )
+    wall_s = time.perf_counter() - start
+    compile_s = (stamps[1] if len(stamps) > 1 else time.perf_counter()) - start
+    return TrainResult(result.params, result.values, wall_s, min(compile_s, wall_s))
+
+
+def _train_rws(
+    params: Params,
+    data: jax.Array,
+    steps: int,
+    key: jax.Array,
+    batch_size: int,
+    learning_rate: float,
+    progress: bool,
+) -> TrainResult:
+    """The ``rws5`` loop (see :func:`make_rws_update`); a failed step raises ``T.FitError``."""
+    from tqdm import tqdm
+
+    optimizer, update = make_rws_update(float(learning_rate), int(batch_size))
+    opt_state = optimizer.init(params)
+    keys = jax.vmap(lambda t: jax.random.fold_in(key, t))(jnp.arange(steps))  # as T.fit's keys
+    bounds, oks = [], []
+    checked = 0
+
+    def check(upto: int) -> None:
+        """Raise for the first failed step before ``upto`` (the steps since the last check)."""
+        nonlocal checked
+        if upto <= checked:
+            return
+        ok = np.asarray(jnp.stack(oks[checked:upto]))
+        if not ok.all():
+            step = checked + int(np.argmin(ok))
+            values = np.asarray(jnp.stack(bounds[:step])) if step else np.zeros(0, np.float32)
+            raise T.FitError(
+                step, "rws5: the wake-p bound, a gradient or the update is not finite", params, values
+            )
+        checked = upto
+
+    start = time.perf_counter()
+    params, opt_state, value, ok = update(params, opt_state, keys[0], data)
     bounds.append(value)
+    oks.append(ok)
     jax.block_until_ready(value)
     compile_s = time.perf_counter() - start
     every = max(1, steps // 100)
-    with tqdm(total=steps, desc=f"{name:>8s}", disable=not progress, mininterval=0.5) as bar:
+    with tqdm(total=steps, desc="rws5", disable=not progress, mininterval=0.5) as bar:
         bar.update(1)
         for i in range(1, steps):
-            params, opt_state, value = update(params, opt_state, keys[i], data)
+            params, opt_state, value, ok = update(params, opt_state, keys[i], data)
             bounds.append(value)
+            oks.append(ok)
             if (i + 1) % every == 0:
+                check(i + 1)  # failed steps were not applied: params are the last finite ones
                 bar.set_postfix(bound=f"{float(np.mean(np.asarray(bounds[-every:]))):.2f}")
                 bar.update(i + 1 - bar.n)
         bar.update(steps - bar.n)
+    check(steps)
     bounds_np = np.asarray(jax.block_until_ready(jnp.stack(bounds)))
     return TrainResult(params, bounds_np, time.perf_counter() - start, compile_s)
 
@@ -334,7 +423,7 @@ def _per_image_bound(particles: int) -> Callable[..., jax.Array]:
 
             def one(pair: tuple[jax.Array, jax.Array]) -> jax.Array:
                 xi, ki = pair
-                return estimator.estimate(ki, (params["decoder"],), (xi, params["encoder"]), {"x": xi})
+                return estimator.estimate(ki, params, {"x": xi}, xi)
 
             # lax.map in chunks bounds memory at chunk × particles decoder passes.
             chunk = max(1, min(x.shape[0], 32_000 // particles))
@@ -444,12 +533,7 @@ def run(
         "n_train": int(train_x.shape[0]),
         "n_test": int(test_x.shape[0]),
         "init_test_log_likelihood": start_ll,
-        "machine": {
-            "device": str(jax.devices()[0]),
-            "jax": jax.__version__,
-            "cpu_count": os.cpu_count(),
-            "os": platform.platform(),
-        },
+        "machine": machine_info(),
         "results": results,
     }
 
@@ -481,23 +565,24 @@ def print_table(record: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description="Train the Table 1 VAE on digits with six objectives.")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    parser.add_argument("--objectives", default=",".join(OBJECTIVES))
+    parser.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS)
+    parser.add_argument(
+        "--objectives",
+        type=name_list(OBJECTIVES, "objective"),
+        default=list(OBJECTIVES),
+        help=f"comma-separated, from {','.join(OBJECTIVES)} (default: all)",
+    )
     parser.add_argument("--size", choices=sorted(SIZES), default="digits")
-    parser.add_argument("--eval-particles", type=int, default=EVAL_PARTICLES)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-particles", type=positive_int, default=EVAL_PARTICLES)
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--json", type=output_path("--json"), default=None)
     args = parser.parse_args(argv)
-    names = [n.strip() for n in args.objectives.split(",") if n.strip()]
-    unknown = [n for n in names if n not in OBJECTIVES]
-    if unknown:
-        parser.error(f"unknown objective(s) {', '.join(unknown)}; choose from {', '.join(OBJECTIVES)}")
-    record = run(names, args.steps, args.seed, args.size, args.eval_particles, not args.no_progress)
+    record = run(args.objectives, args.steps, args.seed, args.size, args.eval_particles, not args.no_progress)
     print_table(record)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(record, f, indent=2)
+        T.write_json(record, args.json)
+    check_results(record["results"], "vae")
     return record
 
 

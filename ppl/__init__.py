@@ -5,9 +5,9 @@ the estimator machinery is :mod:`ppl.transforms`; applications are
 :mod:`ppl.models`.
 """
 
+from ppl._checks import set_runtime_checks
 from ppl._choice_map import Address, ChoiceMap, as_address, flatten, merge, unflatten
 from ppl._combinators import VmapGenerativeFunction, scan, vmap
-from ppl._distributions import set_runtime_checks
 from ppl._gen import GenerativeFunction, Trace, gen, sample
 from ppl._tfp import TFPDistribution
 

@@ -8,6 +8,8 @@ ordinary JAX pytree, so it passes through ``jit``, ``vmap`` and ``grad``.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from typing import Any
 
 Address = tuple[str, ...]
@@ -81,3 +83,34 @@ def subtree(flat: dict[Address, Any], prefix: Address) -> dict[Address, Any]:
     """The entries of a flat map under ``prefix``, with the prefix removed."""
     n = len(prefix)
     return {a[n:]: v for a, v in flat.items() if a[:n] == prefix and len(a) > n}
+
+
+def nearest(address: Address, candidates: Iterable[Address], limit: int = 3) -> list[str]:
+    """The candidate addresses most like ``address``, spelled ``"a/b"``, best first.
+
+    Addresses ending like ``address`` come first (``z`` finds ``particles/z``), then close
+    spellings.
+    """
+    names = sorted({format_address(c) for c in candidates})
+    wanted = format_address(address)
+    suffix = [n for n in names if n.endswith("/" + wanted) or wanted.endswith("/" + n)]
+    close = difflib.get_close_matches(wanted, names, n=limit, cutoff=0.6)
+    out = list(dict.fromkeys(suffix + close))
+    return out[:limit]
+
+
+def suggest(address: Address, candidates: Iterable[Address]) -> str:
+    """``"; did you mean 'particles/z'?"``, or ``""`` when nothing is near."""
+    found = nearest(address, candidates)
+    if not found:
+        return ""
+    return "; did you mean " + " or ".join(f"'{n}'" for n in found) + "?"
+
+
+def listing(addresses: Iterable[Address], limit: int = 8) -> str:
+    """``"'a', 'b/c', ... (12 in all)"`` for messages; ``"none"`` when empty."""
+    names = sorted({format_address(a) for a in addresses})
+    if not names:
+        return "none"
+    shown = ", ".join(f"'{n}'" for n in names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")

@@ -6,30 +6,17 @@ import itertools
 import math
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions as nd
 from numpyro.distributions import constraints
 
+from ppl._checks import escape, require
 from ppl._choice_map import Address, format_address
 
 #: Joint supports larger than this are not enumerated.
 MAX_ENUMERATION = 4096
-
-_RUNTIME_CHECKS = [True]
-
-
-def set_runtime_checks(enabled: bool) -> None:
-    """Turn the in-program support checks of traced values on (default) or off.
-
-    Concrete values given to ``assess``/``generate``/``density`` are always
-    checked at trace time. Traced values (e.g. data passed into a jitted step)
-    can only be checked inside the compiled program (``equinox.error_if``),
-    which costs a conditional and, on accelerators, a host synchronization per
-    check. Turn it off in tuned training loops once the data are validated.
-    """
-    _RUNTIME_CHECKS[0] = bool(enabled)
 
 
 def as_distribution(d: Any, addr: Address) -> nd.Distribution:
@@ -56,38 +43,110 @@ def site_log_prob(d: nd.Distribution, value: Any) -> jax.Array:
     return jnp.sum(d.log_prob(value))
 
 
-def check_value(addr: Address, d: nd.Distribution, value: Any, role: str) -> jax.Array:
-    """Check a given value's shape and support; return it as an array.
+def describe(constraint: constraints.Constraint) -> str:
+    """A constraint as a set, for messages: ``(0, inf)``, ``{0, 1}``, ``the simplex``..."""
+    base = constraint
+    while isinstance(base, constraints.independent):
+        base = base.base_constraint
+    low, high = getattr(base, "lower_bound", None), getattr(base, "upper_bound", None)
+    kind = type(base).__name__.lstrip("_")
+    named = {
+        "Real": "finite reals",
+        "RealVector": "finite real vectors",
+        "Boolean": "{0, 1}",
+        "Simplex": "the simplex (nonnegative entries summing to 1)",
+        "PositiveDefinite": "positive definite matrices",
+        "LowerCholesky": "lower-triangular matrices with positive diagonal",
+        "CorrCholesky": "Cholesky factors of correlation matrices",
+        "IntegerNonnegative": "integers >= 0",
+        "IntegerPositive": "integers >= 1",
+    }
+    if kind in named:
+        return named[kind]
+    if kind == "IntegerInterval":
+        return f"integers in {{{_number(low)}, ..., {_number(high)}}}"
+    if kind in ("GreaterThan", "Positive"):
+        return f"({_number(low)}, inf)"
+    if kind in ("GreaterThanEq", "Nonnegative"):
+        return f"[{_number(low)}, inf)"
+    if kind in ("LessThan",):
+        return f"(-inf, {_number(high)})"
+    if kind in ("Interval", "UnitInterval"):
+        return f"[{_number(low)}, {_number(high)}]"
+    if kind == "OpenInterval":
+        return f"({_number(low)}, {_number(high)})"
+    return repr(constraint)
 
-    Shape must equal the distribution's ``batch_shape + event_shape``. The support
-    is checked at trace time for concrete values; for traced values the check
-    runs inside the compiled program and raises with the same message.
+
+def _number(x: Any) -> str:
+    try:
+        return f"{float(x):g}"
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        return "traced bound"
+
+
+def _is_real(constraint: constraints.Constraint) -> bool:
+    base = constraint
+    while isinstance(base, constraints.independent):
+        base = base.base_constraint
+    return type(base).__name__ in ("_Real", "_RealVector")
+
+
+def check_parameters(addr: Address, d: nd.Distribution) -> jax.Array:
+    """Whether each given parameter of ``d`` lies in its constraint (NaN/inf included).
+
+    Only parameters the distribution holds (not lazily derived ones) are checked;
+    dependent constraints (``Uniform``'s bounds) are not checks. Returns the traced
+    outcome (see :func:`ppl._checks.require`) for the caller to poison the site with.
     """
-    value = jnp.asarray(value)
-    expected = tuple(d.batch_shape) + tuple(d.event_shape)
+    arg_constraints = getattr(d, "arg_constraints", None) or {}
+    held = vars(d)
+    ok = jnp.asarray(True)
+    for param, constraint in arg_constraints.items():
+        if param not in held or constraints.is_dependent(constraint):
+            continue
+        value = held[param]
+        if not isinstance(value, jax.Array | np.ndarray | float | int):
+            continue
+        ok = ok & require(
+            constraint(value),
+            escape(f"address '{format_address(addr)}' ({name(d)}): parameter {param} = ")
+            + "{value}"
+            + escape(f" is outside its constraint ({describe(constraint)})"),
+            value,
+        )
+    return ok
+
+
+def check_value(addr: Address, d: nd.Distribution, value: Any, role: str) -> tuple[jax.Array, jax.Array]:
+    """Check a given value's shape, dtype and support (finiteness for real supports).
+
+    Shape must equal the distribution's ``batch_shape + event_shape``; the dtype must be
+    a real number type (both checked at trace time). The support is checked at trace time
+    for concrete values; for traced ones the outcome is returned (see
+    :func:`ppl._checks.require`). Returns ``(value as an array, outcome)``.
+    """
     where = f"address '{format_address(addr)}' ({name(d)})"
+    try:
+        value = jnp.asarray(value)
+    except TypeError as e:
+        raise TypeError(f"{where}: {role} is not an array of numbers ({type(value).__name__})") from e
+    expected = tuple(d.batch_shape) + tuple(d.event_shape)
     if value.shape != expected:
         raise ValueError(
             f"{where}: {role} has shape {value.shape}, which does not match the "
             f"distribution's batch+event shape {expected}"
         )
+    real = jnp.issubdtype(value.dtype, jnp.number) or value.dtype == jnp.bool_
+    if not real or jnp.issubdtype(value.dtype, jnp.complexfloating):
+        raise TypeError(f"{where}: {role} has dtype {value.dtype}; sample sites take real numbers")
     support = d.support
-    base = support
-    while isinstance(base, constraints.independent):
-        base = base.base_constraint
-    if base is constraints.real or base is constraints.real_vector:
-        return value
-    message = f"{where}: {role} is outside the support ({support})"
-    ok = support(value)
-    try:
-        concrete = bool(jnp.all(ok))
-    except jax.errors.ConcretizationTypeError:
-        if not _RUNTIME_CHECKS[0]:
-            return value
-        return eqx.error_if(value, ~jnp.all(ok), message)
-    if not concrete:
-        raise ValueError(message)
-    return value
+    ok = require(
+        support(value),
+        escape(f"{where}: {role} is ") + "{value}" + escape(f", outside the support ({describe(support)})"),
+        value,
+    )
+    return value, ok
 
 
 def is_discrete(d: nd.Distribution) -> bool:

@@ -63,13 +63,13 @@ class GenerativeFunction:
 
     def simulate(self, key: jax.Array, *args: Any) -> Trace:
         """Run forward, drawing every choice: a trace with its joint log density."""
-        handler = Interpreter(key, {}, "simulate")
+        handler = Interpreter(key, {}, "simulate", program=repr(self))
         retval = self._interpret(handler, args)
         return Trace(unflatten(handler.choices), retval, handler.score)
 
     def assess(self, choices: ChoiceMap, *args: Any) -> tuple[jax.Array, Any]:
         """``(log p(choices; args), retval)`` with every choice given."""
-        handler = Interpreter(None, flatten(choices), "assess")
+        handler = Interpreter(None, flatten(choices), "assess", program=repr(self))
         retval = self._interpret(handler, args)
         return handler.score, retval
 
@@ -80,7 +80,7 @@ class GenerativeFunction:
         the sum of the constrained sites' log densities (the proposal for the
         unconstrained choices is the program itself, so their terms cancel).
         """
-        handler = Interpreter(key, flatten(constraints), "generate")
+        handler = Interpreter(key, flatten(constraints), "generate", program=repr(self))
         retval = self._interpret(handler, args)
         return Trace(unflatten(handler.choices), retval, handler.score), handler.weight
 

@@ -18,8 +18,10 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+from numpyro.distributions import Distribution
 
 from ppl._choice_map import Address, format_address
+from ppl._foreign import ForeignEffectGuard
 
 _STACK: list[Handler] = []
 
@@ -32,15 +34,26 @@ def current() -> Handler | None:
 class Handler(abc.ABC):
     """Base class: address bookkeeping, nesting and the block protocol."""
 
+    #: What runs under this handler, for messages ("program", "objective").
+    kind = "program"
+
     def __init__(self) -> None:
         self._prefix: Address = ()
         self._seen: set[Address] = set()
+        self._guard = ForeignEffectGuard(self.kind)
 
     def __enter__(self) -> Handler:
         _STACK.append(self)
+        self._guard.__enter__()
+        # ppl's checks (the same constraints, with the site's address) replace NumPyro's
+        # eager argument validation inside programs.
+        self._numpyro_validation = Distribution._validate_args
+        Distribution.set_default_validate_args(False)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
+        Distribution.set_default_validate_args(self._numpyro_validation)
+        self._guard.__exit__(*exc)
         popped = _STACK.pop()
         assert popped is self
 

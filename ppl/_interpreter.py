@@ -7,8 +7,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ppl._choice_map import Address, format_address, subtree
-from ppl._distributions import check_value, name, site_log_prob
+from ppl._checks import poison
+from ppl._choice_map import Address, format_address, listing, subtree, suggest
+from ppl._distributions import check_parameters, check_value, name, site_log_prob
 from ppl._handlers import Handler, check_leading_axis
 
 
@@ -27,9 +28,11 @@ class Interpreter(Handler):
         constraints: dict[Address, Any],
         role: str,
         base: Address = (),
+        program: str = "the program",
     ):
         super().__init__()
         self.base = base
+        self.program = program
         self.key = key
         self.constraints = constraints
         self.role = role
@@ -46,21 +49,26 @@ class Interpreter(Handler):
 
     def sample(self, addr: Address, d: Any) -> Any:
         full = self.claim(addr, name(d))
+        ok = check_parameters(self.base + full, d)
         if full in self.constraints:
             self.used.add(full)
-            value = check_value(full, d, self.constraints[full], f"the value given to {self.role}")
+            value, given_ok = check_value(
+                self.base + full, d, self.constraints[full], f"the value given to {self.role}"
+            )
             if self.key is not None:
                 self.counter += 1
-            lp = site_log_prob(d, value)
+            lp = poison(site_log_prob(d, value), ok & given_ok)
             self.weight = self.weight + lp
         elif self.key is None:
+            given = [self.base + a for a in self.constraints]
             raise ValueError(
-                f"{self.role}: no value for address '{format_address(self.base + full)}' ({name(d)}); "
-                "every sample site needs a value"
+                f"{self.role}: {self.program} samples address '{format_address(self.base + full)}' "
+                f"({name(d)}), but the choice map has no value for it (every sample site needs one); "
+                f"the choice map has {listing(given)}{suggest(self.base + full, given)}"
             )
         else:
-            value = d.sample(self.next_key())
-            lp = site_log_prob(d, value)
+            value = poison(d.sample(self.next_key()), ok)
+            lp = poison(site_log_prob(d, value), ok)
         self.choices[full] = value
         self.score = self.score + lp
         return value
@@ -76,10 +84,10 @@ class Interpreter(Handler):
 
     def child(self, inputs: Any) -> Interpreter:
         keys, given = inputs
-        return Interpreter(keys, given, self.role, self.base + self._prefix)
+        return Interpreter(keys, given, self.role, self.base + self._prefix, self.program)
 
     def discovery_child(self, key: jax.Array) -> Interpreter:
-        return Interpreter(key, {}, "discover")
+        return Interpreter(key, {}, "discover", program=self.program)
 
     def sampled_addresses(self) -> set[Address]:
         return set(self.choices)
@@ -100,8 +108,9 @@ class Interpreter(Handler):
     def check_all_used(self) -> None:
         extra = sorted(set(self.constraints) - self.used - set(self.choices))
         if extra:
+            sampled = [self.base + a for a in self.choices]
             raise ValueError(
-                f"{self.role}: the choice map has address "
-                f"'{format_address(self.base + extra[0])}', "
-                "which the program never samples"
+                f"{self.role}: the choice map has address '{format_address(self.base + extra[0])}', "
+                f"which {self.program} never samples; it samples {listing(sampled)}"
+                f"{suggest(self.base + extra[0], sampled)}"
             )

@@ -24,6 +24,11 @@ class TFPDistribution(nd.Distribution):
     enumeration).
     """
 
+    # A pytree (so it crosses jax.vmap/lax.scan like NumPyro's distributions): the TFP
+    # distribution is the data, TFP distributions being pytrees themselves.
+    pytree_data_fields = ("tfp_dist",)
+    pytree_aux_fields = ("display_name", "_reparameterized", "_discrete")
+
     def __init__(self, tfp_dist: Any):
         self.tfp_dist = tfp_dist
         self.display_name = f"tfp.{type(tfp_dist).__name__}"

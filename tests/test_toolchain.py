@@ -70,7 +70,7 @@ def test_a_malformed_readme_is_refused_with_the_rule_it_breaks(readme: str, mess
 
 def test_core_floors_are_pinned_and_installed_versions_meet_them() -> None:
     floors = toolchain.floors(PYPROJECT)
-    assert set(floors) == {"jax", "numpy", "numpyro", "optax", "equinox"}
+    assert set(floors) == {"jax", "numpy", "numpyro", "optax", "equinox", "tqdm"}
     for name, floor in floors.items():
         installed = importlib.metadata.version(name)
         assert _version_tuple(installed) >= _version_tuple(floor), (name, installed, floor)

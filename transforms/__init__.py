@@ -7,6 +7,10 @@ at the call site: ``objective.estimator(strategies={"z": reparam()}, default=aut
 
 from ppl.transforms._baselines import (
     Baseline,
+    Constant,
+    Learned,
+    LeaveOneOut,
+    RunningAverage,
     constant,
     learned,
     leave_one_out,
@@ -14,15 +18,19 @@ from ppl.transforms._baselines import (
     none,
     running_average,
 )
+from ppl.transforms._checkpoint import load_checkpoint, save_checkpoint
+from ppl.transforms._estimator import Estimate, Estimator, StrategyWarning
 from ppl.transforms._expectation import (
-    Estimator,
     Expectation,
     add_cost,
     density,
     expectation,
     generate,
+    resolved_strategies,
     sim,
 )
+from ppl.transforms._files import check_output_path, write_json
+from ppl.transforms._fit import FitError, FitResult, fit
 from ppl.transforms._log_expectation import (
     Compositional,
     Naive,
@@ -32,21 +40,26 @@ from ppl.transforms._log_expectation import (
     naive,
     self_normalized_bound,
 )
-from ppl.transforms._marginal import SIR, Marginal, Normalized, marginal, normalize, sir
+from ppl.transforms._marginal import SIR, Inference, Marginal, Normalized, marginal, normalize, sir
 from ppl.transforms._mcmc import MCMC, IndependenceMH, Transition, independence_mh, mcmc
-from ppl.transforms._mcmc_em import ChainStep, mcmc_em, systematic_resample
+from ppl.transforms._mcmc_em import ChainStep, mcmc_em, mcmc_em_control_variate, systematic_resample
+from ppl.transforms._numerics import log_mean_exp
 from ppl.transforms._objectives import (
     diwhvi,
     elbo,
+    elbo_stl,
     forward_kl,
     hvi,
     iwelbo,
+    iwelbo_dreg,
+    iwelbo_stl,
     iwhvi,
     renyi,
     vimco,
     wake_p,
     wake_q,
 )
+from ppl.transforms._resolution import Decision, Explanation
 from ppl.transforms._strategies import (
     MVD,
     Auto,
@@ -54,6 +67,7 @@ from ppl.transforms._strategies import (
     LogExpectationEstimator,
     Reinforce,
     Reparam,
+    ScoreFunction,
     Site,
     Strategy,
     auto,
@@ -72,42 +86,62 @@ __all__ = [
     "Baseline",
     "ChainStep",
     "Compositional",
+    "Constant",
+    "Decision",
     "Enum",
+    "Estimate",
     "Estimator",
     "Expectation",
+    "Explanation",
+    "FitError",
+    "FitResult",
     "IndependenceMH",
+    "Inference",
+    "Learned",
+    "LeaveOneOut",
     "LogExpectationEstimator",
     "Marginal",
     "Naive",
     "Normalized",
     "Reinforce",
     "Reparam",
+    "RunningAverage",
+    "ScoreFunction",
     "SelfNormalizedBound",
     "Site",
     "Strategy",
+    "StrategyWarning",
     "Transition",
     "add_cost",
     "auto",
+    "check_output_path",
     "compositional",
     "constant",
     "density",
     "diwhvi",
     "elbo",
+    "elbo_stl",
     "enum",
     "expectation",
+    "fit",
     "forward_kl",
     "generate",
     "hvi",
     "independence_mh",
     "iwelbo",
+    "iwelbo_dreg",
+    "iwelbo_stl",
     "iwhvi",
     "learned",
     "leave_one_out",
     "leave_one_out_mean",
+    "load_checkpoint",
     "log_expectation",
+    "log_mean_exp",
     "marginal",
     "mcmc",
     "mcmc_em",
+    "mcmc_em_control_variate",
     "mvd",
     "naive",
     "nce",
@@ -116,7 +150,9 @@ __all__ = [
     "reinforce",
     "renyi",
     "reparam",
+    "resolved_strategies",
     "running_average",
+    "save_checkpoint",
     "self_normalized_bound",
     "sim",
     "sir",
@@ -125,4 +161,5 @@ __all__ = [
     "vimco",
     "wake_p",
     "wake_q",
+    "write_json",
 ]

@@ -17,33 +17,43 @@ independent of the site's own draw ``x`` given the past, since
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import optax
 
 
-class Baseline:
-    """Base class. ``stateful`` baselines keep state in the estimator's state."""
+class Baseline(abc.ABC):
+    """A baseline for score-function terms; subclass it for your own.
 
-    stateful = False
-    deferred = False  # computed across particles after the scope has run
+    ``value(state, args)`` is ``b`` for one step (``args``: the objective's arguments);
+    ``stateful`` baselines keep ``init()``'s state in the estimator state and get
+    ``update(state, downstream, args)`` after each step with that step's downstream costs;
+    ``deferred`` ones (:func:`leave_one_out`) are computed by the estimator across particles.
+    """
+
+    stateful: ClassVar[bool] = False
+    deferred: ClassVar[bool] = False
 
     def init(self) -> Any:
         return ()
 
+    @abc.abstractmethod
     def value(self, state: Any, args: tuple) -> jax.Array:
-        raise NotImplementedError
+        """``b``: it must not depend on the current draw of the site."""
 
     def update(self, state: Any, downstream: list[jax.Array], args: tuple) -> Any:
         return state
 
 
 @dataclasses.dataclass(frozen=True)
-class _Constant(Baseline):
+class Constant(Baseline):
+    """``b = c``; see :func:`constant` and :func:`none`."""
+
     c: float = 0.0
 
     def value(self, state: Any, args: tuple) -> jax.Array:
@@ -52,18 +62,27 @@ class _Constant(Baseline):
 
 def none() -> Baseline:
     """No baseline (``b = 0``)."""
-    return _Constant(0.0)
+    return Constant(0.0)
 
 
 def constant(c: float) -> Baseline:
     """A fixed baseline ``b = c``."""
-    return _Constant(float(c))
+    try:
+        return Constant(float(c))
+    except (TypeError, jax.errors.ConcretizationTypeError) as e:
+        raise TypeError(
+            f"constant: the baseline must be a concrete number, got {type(c).__name__}; a traced "
+            "value cannot be part of an estimator's configuration: use running_average() or "
+            "learned(fn, params) for a baseline that changes with the data or the parameters"
+        ) from e
 
 
 @dataclasses.dataclass(frozen=True)
-class _RunningAverage(Baseline):
+class RunningAverage(Baseline):
+    """Debiased moving average of past downstream costs; see :func:`running_average`."""
+
     decay: float = 0.9
-    stateful = True
+    stateful: ClassVar[bool] = True
 
     def init(self) -> Any:
         return {"average": jnp.zeros(()), "count": jnp.zeros((), jnp.int32)}
@@ -88,15 +107,17 @@ def running_average(decay: float = 0.9) -> Baseline:
     """
     if not 0.0 <= decay < 1.0:
         raise ValueError(f"running_average: decay must be in [0, 1), got {decay}")
-    return _RunningAverage(decay)
+    return RunningAverage(float(decay))
 
 
 @dataclasses.dataclass(frozen=True)
-class _LeaveOneOut(Baseline):
-    deferred = True
+class LeaveOneOut(Baseline):
+    """The other particles' mean downstream cost; see :func:`leave_one_out`."""
 
-    def value(self, state: Any, args: tuple) -> jax.Array:  # pragma: no cover
-        raise RuntimeError("leave_one_out is computed across particles")
+    deferred: ClassVar[bool] = True
+
+    def value(self, state: Any, args: tuple) -> jax.Array:
+        raise TypeError("leave_one_out has no value of its own: the estimator computes it across particles")
 
 
 def leave_one_out() -> Baseline:
@@ -105,7 +126,7 @@ def leave_one_out() -> Baseline:
     For particle ``k``: ``b_k = (Σ_j k_j − k_k) / (K − 1)``, independent of
     particle ``k``'s draws, hence unbiased.
     """
-    return _LeaveOneOut()
+    return LeaveOneOut()
 
 
 def leave_one_out_mean(values: jax.Array, axis: int = 0, weights: jax.Array | None = None) -> jax.Array:
@@ -138,11 +159,13 @@ def leave_one_out_mean(values: jax.Array, axis: int = 0, weights: jax.Array | No
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class _Learned(Baseline):
+class Learned(Baseline):
+    """``b = fn(params, *args)`` fitted to the downstream costs; see :func:`learned`."""
+
     fn: Callable[..., jax.Array]
     params: Any
     optimizer: optax.GradientTransformation
-    stateful = True
+    stateful: ClassVar[bool] = True
 
     def init(self) -> Any:
         return {"params": self.params, "optimizer": self.optimizer.init(self.params)}
@@ -173,4 +196,4 @@ def learned(
     downstream costs; ``params`` and the optimizer state live in the estimator
     state. The objective's own gradient is untouched.
     """
-    return _Learned(fn, params, optimizer if optimizer is not None else optax.adam(1e-2))
+    return Learned(fn, params, optimizer if optimizer is not None else optax.adam(1e-2))

@@ -26,12 +26,37 @@ from ppl._choice_map import Address
 
 @dataclasses.dataclass
 class SiteEntry:
+    """A sample site. Inside a block its arrays carry the block's leading axes, and its
+    distribution is kept flattened (``dist_leaves`` stacked, ``dist_tree`` static) so that
+    :meth:`element` can rebuild one element's distribution."""
+
     address: Address
     strategy: Any  # None for a substituted (fixed) site
     value: jax.Array
     log_prob: jax.Array
-    dist: Any = None  # top level only
-    key: Any = None  # top level only
+    dist_leaves: Any = None
+    dist_tree: Any = None
+    key: Any = None
+    ok: Any = True  # the site's checks (parameters, given value) held
+
+    @classmethod
+    def of(
+        cls,
+        address: Address,
+        strategy: Any,
+        value: jax.Array,
+        log_prob: jax.Array,
+        dist: Any,
+        key: Any,
+        ok: Any,
+    ) -> SiteEntry:
+        leaves, tree = jax.tree_util.tree_flatten(dist)
+        return cls(address, strategy, value, log_prob, leaves, tree, key, ok)
+
+    @property
+    def dist(self) -> Any:
+        """The distribution (at the top level of a scope; inside a block, see :meth:`element`)."""
+        return jax.tree_util.tree_unflatten(self.dist_tree, self.dist_leaves)
 
 
 @dataclasses.dataclass
@@ -50,8 +75,8 @@ def split(entries: list[Any]) -> tuple[list[Any], list[Any]]:
     arrays, static = [], []
     for e in entries:
         if isinstance(e, SiteEntry):
-            arrays.append((e.value, e.log_prob))
-            static.append(("site", e.address, e.strategy))
+            arrays.append((e.value, e.log_prob, e.dist_leaves, e.key, jnp.asarray(e.ok)))
+            static.append(("site", e.address, e.strategy, e.dist_tree))
         elif isinstance(e, CostEntry):
             arrays.append(e.value)
             static.append(("cost",))
@@ -66,7 +91,7 @@ def join(arrays: list[Any], static: list[Any], prefix: Address = ()) -> list[Any
     entries: list[Any] = []
     for a, s in zip(arrays, static):
         if s[0] == "site":
-            entries.append(SiteEntry(prefix + s[1], s[2], a[0], a[1]))
+            entries.append(SiteEntry(prefix + s[1], s[2], a[0], a[1], a[2], s[3], a[3], a[4]))
         elif s[0] == "cost":
             entries.append(CostEntry(a))
         else:
@@ -122,6 +147,17 @@ def _leading_shape(block: BlockEntry, ndim: int) -> tuple[int, ...]:
     for leaf in jax.tree_util.tree_leaves(split(block.entries)[0]):
         return leaf.shape[:ndim]
     raise ValueError("empty block")  # pragma: no cover
+
+
+def checks_held(entries: list[Any]) -> jax.Array:
+    """Whether every site's checks held (blocks included): a scalar."""
+    ok = jnp.asarray(True)
+    for e in entries:
+        if isinstance(e, SiteEntry):
+            ok = ok & jnp.all(e.ok)
+        elif isinstance(e, BlockEntry):
+            ok = ok & checks_held(e.entries)
+    return ok
 
 
 def site_values(entries: list[Any]) -> dict[Address, jax.Array]:

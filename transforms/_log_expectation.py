@@ -6,10 +6,11 @@ are offered, chosen per address at the call site like sample-site strategies::
 
     est = objective.estimator(strategies={"log_partition": T.compositional(0.1)})
 
-Each gives the gradient ``Σ_j c_j ∇ℓ_j`` (pathwise; plus ``Σ_j (c_j − β_j) ∇ log
-q(z_j)`` for score-function sites inside the term, ``β_j`` zero or the
-leave-one-out mean of the other samples' ``c_i``) with its own coefficients
-``c_j``:
+Each gives the gradient ``Σ_j c_j ∇ℓ_j`` (pathwise) with its own coefficients ``c_j``,
+plus, for the other sites inside the term, their strategies' terms for the cost
+``M c_j``, the sample's weight on the estimator's scale (for a score-function site
+``Σ_j (c_j − b_j/M) ∇ log q(z_j)``, ``b_j`` its baseline: none, a constant, or the
+leave-one-out mean over the other samples):
 
 - :func:`naive`: ``c_j = w_j / Σ_i w_i``, i.e. autodiff through ``log Ẑ``.
   Biased (by Jensen, O(1/M)); a reference only.
@@ -37,9 +38,10 @@ import jax
 import jax.numpy as jnp
 import optax
 from ppl.transforms._baselines import leave_one_out_mean
-from ppl.transforms._ledger import BlockEntry, SiteEntry
-from ppl.transforms._scope import EstimatorHandler, _cost_sum
-from ppl.transforms._strategies import LogExpectationEstimator, Reinforce, Reparam
+from ppl.transforms._estimator import particle_count
+from ppl.transforms._ledger import BlockEntry, SiteEntry, join, split
+from ppl.transforms._scope import EstimatorHandler, _cost_sum, per_element
+from ppl.transforms._strategies import LogExpectationEstimator
 
 from ppl._choice_map import Address, as_address, format_address
 from ppl._handlers import current
@@ -184,8 +186,9 @@ def log_expectation(
     """``log E[exp ℓ]`` inside an objective program, by the estimator chosen for ``address``.
 
     ``program(*args)`` is run ``samples`` times independently; its sample sites
-    live at ``address/...`` and follow their strategies (``reparam``, or
-    ``reinforce`` with no baseline or ``leave_one_out`` across the samples), and
+    live at ``address/...`` and follow their strategies (any strategy that needs no
+    continuation: ``reparam``, ``reinforce`` with no baseline, a constant or
+    ``leave_one_out`` across the samples, or your own), and
     its added costs plus its return value are the log weight ``ℓ_j``. Returns
     ``log Ẑ``, ``Ẑ = mean_j exp ℓ_j`` (for :func:`self_normalized_bound`, the
     bound), carrying the chosen estimator's gradient.
@@ -206,8 +209,7 @@ def log_expectation(
     handler = current()
     if not isinstance(handler, EstimatorHandler):
         raise RuntimeError("log_expectation is only available inside an @expectation objective program")
-    if not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"log_expectation at '{address}': samples must be a positive int, got {samples!r}")
+    samples = particle_count(samples, f"log_expectation at '{address}': samples")
     local = as_address(address)
     handler.claim(local, "log_expectation")
     full = handler.base + handler._prefix + local
@@ -215,17 +217,22 @@ def log_expectation(
     config = dataclasses.replace(handler.config, particles=samples)
     keys = jax.random.split(handler.next_key(), samples)
 
-    def one(key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    static: list[Any] = []
+
+    def one(key: jax.Array) -> tuple[jax.Array, Any]:
         inner = EstimatorHandler(key, {}, config, in_block=where, base=full)
         with inner:
             ret = program(*args)
             inner.add_cost(ret, f"{where}: the program's return value (the log weight)")
         if inner.aux.deferred or inner.aux.stats:
-            raise ValueError(f"{where}: nested leave-one-out or stateful baselines are not available in it")
-        plain, loo = _scores(inner.entries, full)
-        return _cost_sum(inner.entries), plain, loo
+            raise ValueError(
+                f"{where}: nested objectives with leave-one-out or stateful baselines are not available in it"
+            )
+        arrays, entry_static = split(inner.entries)
+        static.append(entry_static)
+        return _cost_sum(inner.entries), arrays
 
-    log_weights, plain_scores, loo_scores = jax.vmap(one)(keys)
+    log_weights, arrays = jax.vmap(one)(keys)
     log_mean = sg(_log_mean_exp(log_weights))
     if config.plain:
         return log_mean
@@ -233,43 +240,45 @@ def log_expectation(
     state = config.estimator_state(full, estimator) if estimator.stateful else ()
     if estimator.stateful:
         handler.aux.stats.append((format_address(full), log_mean))
-    coefficients = sg(jnp.exp(log_weights - estimator.log_scale(state, log_mean))) / samples
-    surrogate = jnp.sum(coefficients * (log_weights - sg(log_weights)))
-    surrogate = surrogate + jnp.sum(coefficients * plain_scores)
-    if samples > 1:
-        surrogate = surrogate + jnp.sum(
-            (coefficients - leave_one_out_mean(coefficients, axis=0)) * loo_scores
-        )
+    # The samples' weights on the estimator's scale: W_j = exp(ℓ_j − log s), c_j = W_j / M.
+    scaled = sg(jnp.exp(log_weights - estimator.log_scale(state, log_mean)))
+    surrogate = jnp.sum(scaled * (log_weights - sg(log_weights))) / samples
+    surrogate = surrogate + _site_terms(join(arrays, static[-1], full), scaled, config, where) / samples
     return sg(estimator.value(state, log_mean)) + surrogate
 
 
-def _scores(entries: list[Any], base: Address) -> tuple[jax.Array, jax.Array]:
-    """Zero-valued score sums ``Σ (log q − sg log q)`` of the score-function sites.
-
-    Split by baseline: none, and leave-one-out across the term's samples.
-    """
-    plain = loo = jnp.zeros(())
+def _sites(entries: list[Any]) -> list[SiteEntry]:
+    out: list[SiteEntry] = []
     for e in entries:
-        if isinstance(e, BlockEntry):
-            inner_plain, inner_loo = _scores(e.entries, base)
-            plain, loo = plain + inner_plain, loo + inner_loo
+        if isinstance(e, SiteEntry):
+            out.append(e)
+        elif isinstance(e, BlockEntry):
+            out.extend(_sites(e.entries))
+    return out
+
+
+def _site_terms(entries: list[Any], scaled: jax.Array, config: Any, where: str) -> jax.Array:
+    """The strategies' terms of the sites inside the term, each with the cost ``W_j`` of its sample.
+
+    ``entries`` carry the samples' axis first (and any block axes after it).
+    """
+    out = jnp.zeros(())
+    for site in _sites(entries):
+        strategy = site.strategy
+        if strategy is None:
             continue
-        if not isinstance(e, SiteEntry) or e.strategy is None or isinstance(e.strategy, Reparam):
-            continue
-        site = f"address '{format_address(base + e.address)}' (inside a log_expectation)"
-        if not isinstance(e.strategy, Reinforce):
+        cost = jnp.broadcast_to(
+            scaled.reshape(scaled.shape + (1,) * (site.log_prob.ndim - 1)), site.log_prob.shape
+        )
+        baseline = strategy.baseline
+        if baseline is not None and baseline.stateful:
             raise ValueError(
-                f"{site}: {type(e.strategy).__name__} is not available here; use reparam or reinforce"
+                f"address '{format_address(site.address)}' (inside {where}): stateful baselines are not "
+                "available inside a log_expectation; use reinforce(), a constant or leave_one_out() there"
             )
-        baseline = e.strategy.baseline
-        score = jnp.sum(e.log_prob - sg(e.log_prob))
-        if baseline.deferred:
-            loo = loo + score
-        elif getattr(baseline, "c", None) == 0.0:
-            plain = plain + score
+        if baseline is not None and baseline.deferred:
+            b = leave_one_out_mean(cost, axis=0)
         else:
-            raise ValueError(
-                f"{site}: only reinforce() or reinforce(leave_one_out()) are available inside a "
-                f"log_expectation, got the baseline {type(baseline).__name__.strip('_')}"
-            )
-    return plain, loo
+            b = config.baseline_value(site.address, strategy)
+        out = out + per_element(strategy, site, cost, b)
+    return out

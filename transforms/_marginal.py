@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
+from ppl.transforms._estimator import particle_count
 from ppl.transforms._expectation import _check_gen, _handler, _run_frame, density, generate, sim
-from ppl.transforms._mcmc import MCMC, transition
-from ppl.transforms._scope import Config, EstimatorHandler, record, run_scope
+from ppl.transforms._numerics import log_mean_exp
+from ppl.transforms._resolution import Config
+from ppl.transforms._scope import EstimatorHandler, record, run_scope
 from ppl.transforms._strategies import auto
 
 import ppl
@@ -34,8 +35,28 @@ from ppl._gen import GenerativeFunction, Trace
 from ppl._handlers import Handler
 
 
+class Inference(abc.ABC):
+    """How :func:`normalize` samples (and estimates the density of) a posterior inside objectives.
+
+    Implement :meth:`sim_posterior` and :meth:`density_posterior` for a new inference
+    algorithm; :class:`SIR` and :class:`~ppl.transforms.MCMC` are the built-in ones.
+    """
+
+    @abc.abstractmethod
+    def sim_posterior(
+        self, posterior: Normalized, handler: EstimatorHandler, args: tuple
+    ) -> tuple[ChoiceMap, Any, jax.Array]:
+        """``(latent choices, return value, score)`` of one draw from ``posterior``."""
+
+    @abc.abstractmethod
+    def density_posterior(
+        self, posterior: Normalized, handler: EstimatorHandler, choices: ChoiceMap, args: tuple
+    ) -> jax.Array:
+        """The log of an unbiased estimate of the posterior's density at ``choices``."""
+
+
 @dataclasses.dataclass(frozen=True)
-class SIR:
+class SIR(Inference):
     """Sampling importance resampling with ``particles`` particles.
 
     ``proposal``: ``None`` for the program's own (internal) proposal, i.e. the
@@ -48,29 +69,36 @@ class SIR:
     particles: int
     proposal: GenerativeFunction | None = None
 
+    def sim_posterior(
+        self, posterior: Normalized, handler: EstimatorHandler, args: tuple
+    ) -> tuple[ChoiceMap, Any, jax.Array]:
+        """Resample one of ``K`` proposal particles ``∝ w_k`` (site ``_resample``)."""
+        latents, retvals, log_weights = posterior.particles(args, self.particles)
+        index = ppl.sample(handler.hidden_address("_resample"), dist.Categorical(logits=log_weights))
+        chosen = jax.tree_util.tree_map(lambda v: v[index], latents)
+        retval = jax.tree_util.tree_map(lambda v: v[index], retvals)
+        joint = density(posterior.model, merge(posterior.observations, chosen), *args)
+        return chosen, retval, joint - log_mean_exp(log_weights)
+
+    def density_posterior(
+        self, posterior: Normalized, handler: EstimatorHandler, choices: ChoiceMap, args: tuple
+    ) -> jax.Array:
+        """``log p(z, obs) − log Ẑ`` with ``z`` as the first of the ``K`` particles."""
+        with handler.hidden_scope("_normalized_density"):
+            log_weights = posterior.log_weight(choices, args)[None]
+            if self.particles > 1:
+                others = posterior.particles(args, self.particles - 1)[2]
+                log_weights = jnp.concatenate([log_weights, others])
+            joint = density(posterior.model, merge(posterior.observations, choices), *args)
+            return joint - log_mean_exp(log_weights)
+
 
 def sir(particles: int, proposal: GenerativeFunction | None = None) -> SIR:
     """SIR inference with ``particles`` particles; see :class:`SIR`."""
-    if not isinstance(particles, int) or particles < 1:
-        raise ValueError(f"sir: particles must be a positive int, got {particles!r}")
+    particles = particle_count(particles, "sir: particles")
     if proposal is not None:
         _check_gen(proposal, "sir's proposal")
     return SIR(particles, proposal)
-
-
-def _check_inference(inference: Any, who: str) -> SIR | MCMC:
-    if inference is None:
-        return sir(1)
-    if who == "normalize" and isinstance(inference, MCMC):
-        return inference
-    if not isinstance(inference, SIR):
-        also = " or mcmc(kernel, init)" if who == "normalize" else ""
-        raise TypeError(f"{who}: inference must be sir(K) or sir(K, proposal){also}, got {inference!r}")
-    return inference
-
-
-def _log_mean_exp(log_weights: jax.Array) -> jax.Array:
-    return jax.nn.logsumexp(log_weights) - math.log(log_weights.shape[0])
 
 
 def _split(choices: ChoiceMap, keep: tuple[Address, ...]) -> tuple[dict, dict]:
@@ -198,7 +226,7 @@ class Marginal(_EstimatedDensity):
         if self.inference.particles > 1:
             others = self._particle_weights(kept, args, self.inference.particles - 1)
             log_weights = jnp.concatenate([log_weights, others])
-        return unflatten(kept), trace.retval, _log_mean_exp(log_weights)
+        return unflatten(kept), trace.retval, log_mean_exp(log_weights)
 
     def density_in_objective(self, handler: EstimatorHandler, choices: ChoiceMap, args: tuple) -> jax.Array:
         kept = flatten(choices)
@@ -207,7 +235,7 @@ class Marginal(_EstimatedDensity):
             raise ValueError(f"{self!r}: density got address '{format_address(extra[0])}', which is not kept")
         self._check_kept(kept, "density: no value for")
         with handler.hidden_scope("_marginal_density"):
-            return _log_mean_exp(self._particle_weights(kept, args, self.inference.particles))
+            return log_mean_exp(self._particle_weights(kept, args, self.inference.particles))
 
     def _check_kept(self, kept: dict, what: str) -> None:
         for k in self.keep:
@@ -241,19 +269,22 @@ def marginal(
         ['x']
     """
     _check_gen(g, "marginal")
-    keep_list = [keep] if isinstance(keep, (str, tuple)) else list(keep)
+    keep_list = [keep] if isinstance(keep, str | tuple) else list(keep)
     if not keep_list:
         raise ValueError("marginal: keep at least one address")
-    return Marginal(g, tuple(as_address(k) for k in keep_list), _check_inference(inference, "marginal"))
+    inference = sir(1) if inference is None else inference
+    if not isinstance(inference, SIR):
+        raise TypeError(f"marginal: inference must be sir(K) or sir(K, proposal), got {inference!r}")
+    return Marginal(g, tuple(as_address(k) for k in keep_list), inference)
 
 
 class Normalized(_EstimatedDensity):
-    """The posterior of ``model`` given ``observations``, approximated by SIR (or by MCMC:
-    see :mod:`ppl.transforms._mcmc` and :func:`~ppl.transforms.mcmc`).
+    """The posterior of ``model`` given ``observations``, approximated by ``inference``
+    (:class:`SIR`, or MCMC: :func:`~ppl.transforms.mcmc`; any :class:`Inference`).
 
     With particles ``z_k`` from the proposal ``q`` and weights
     ``w_k = p(z_k, obs) / q(z_k)``, ``Ẑ = mean_k w_k`` (an unbiased estimate of
-    ``p(obs)``):
+    ``p(obs)``), SIR gives:
 
     * ``sim``: resample ``z = z_j`` with ``j ~ Categorical(w)`` (site ``_resample``);
       ``score = log p(z, obs) - log Ẑ``, and ``exp(-score)`` is an unbiased
@@ -264,24 +295,34 @@ class Normalized(_EstimatedDensity):
     As ``K`` grows the SIR distribution tends to the exact posterior.
     """
 
-    def __init__(self, model: GenerativeFunction, observations: ChoiceMap, inference: SIR | MCMC):
+    def __init__(self, model: GenerativeFunction, observations: ChoiceMap, inference: Inference):
         self.model, self.observations, self.inference = model, observations, inference
-        self._observed = tuple(flatten(observations))
+        #: The observed addresses.
+        self.observed: tuple[Address, ...] = tuple(flatten(observations))
         super().__init__(model.fn)
 
     def __repr__(self) -> str:
         return f"<normalized {self.model!r}>"
 
-    def _particles(self, args: tuple, n: int) -> tuple[ChoiceMap, Any, jax.Array]:
-        """``n`` proposal particles: stacked latent choices, retvals, log weights."""
-        model, obs, proposal = self.model, self.observations, self.inference.proposal
+    @property
+    def proposal(self) -> GenerativeFunction | None:
+        """The inference's proposal (``None``: the model's own prior, run with the observations fixed)."""
+        return getattr(self.inference, "proposal", None)
+
+    def latents(self, choices: ChoiceMap) -> dict[Address, Any]:
+        """The latent (unobserved) entries of a choice map of the model, flattened."""
+        return {a: v for a, v in flatten(choices).items() if a not in self.observed}
+
+    def particles(self, args: tuple, n: int) -> tuple[ChoiceMap, Any, jax.Array]:
+        """``n`` proposal particles (sample sites of the objective): stacked latent choices,
+        return values and log weights ``log p(z_k, obs) − log q(z_k)``."""
+        model, obs, proposal = self.model, self.observations, self.proposal
 
         @ppl.gen
         def particle() -> tuple[ChoiceMap, Any, jax.Array]:
             if proposal is None:
                 trace, weight = generate(model, obs, *args)
-                _, latents = _split(trace.choices, self._observed)
-                return unflatten(latents), trace.retval, weight
+                return unflatten(self.latents(trace.choices)), trace.retval, weight
             tr = sim(proposal, obs, *args)
             joint = density(model, merge(obs, tr.choices), *args)
             return tr.choices, None, joint - tr.score
@@ -289,55 +330,29 @@ class Normalized(_EstimatedDensity):
         handler = _handler("normalize")
         return ppl.sample(handler.hidden_address("_sir"), ppl.vmap(particle, in_axes=None, axis_size=n))
 
-    @property
-    def proposal(self) -> GenerativeFunction | None:
-        """The proposal of SIR or of the MCMC kernel (``None``: the model's own prior)."""
-        if isinstance(self.inference, MCMC):
-            return self.inference.kernel.proposal
-        return self.inference.proposal
-
-    def _first_weight(self, latents: ChoiceMap, args: tuple) -> jax.Array:
-        """The weight of a given latent value, as a particle of the proposal."""
+    def log_weight(self, latents: ChoiceMap, args: tuple) -> jax.Array:
+        """``log w(z) = log p(z, obs) − log q(z)`` of given latents, as a particle of the proposal."""
         if self.proposal is not None:
             joint = density(self.model, merge(self.observations, latents), *args)
             return joint - density(self.proposal, latents, self.observations, *args)
         # Internal proposal: replay the latents, weight = log density of the observations.
         handler = _handler("normalize")
         replay = flatten(merge(self.observations, latents))
-        trace, _, observed_lp = _run_frame(handler, self.model, args, observed=replay, select=self._observed)
+        trace, _, observed_lp = _run_frame(handler, self.model, args, observed=replay, select=self.observed)
         missing = sorted(set(flatten(trace.choices)) - set(replay))
         if missing:
             raise ValueError(f"{self!r}: density: no value for address '{format_address(missing[0])}'")
         return observed_lp
 
     def sim_in_objective(self, handler: EstimatorHandler, args: tuple) -> tuple[ChoiceMap, Any, jax.Array]:
-        if isinstance(self.inference, MCMC):
-            return transition(self, handler, args)
-        latents, retvals, log_weights = self._particles(args, self.inference.particles)
-        index = ppl.sample(handler.hidden_address("_resample"), dist.Categorical(logits=log_weights))
-        chosen = jax.tree_util.tree_map(lambda v: v[index], latents)
-        retval = jax.tree_util.tree_map(lambda v: v[index], retvals)
-        joint = density(self.model, merge(self.observations, chosen), *args)
-        return chosen, retval, joint - _log_mean_exp(log_weights)
+        return self.inference.sim_posterior(self, handler, args)
 
     def density_in_objective(self, handler: EstimatorHandler, choices: ChoiceMap, args: tuple) -> jax.Array:
-        if isinstance(self.inference, MCMC):
-            raise ValueError(
-                f"{self!r}: MCMC inference gives no estimate of the posterior's density; use "
-                "sir(K) inference for density, or the model's unnormalized density(model, ...)"
-            )
-        with handler.hidden_scope("_normalized_density"):
-            first = self._first_weight(choices, args)
-            log_weights = first[None]
-            if self.inference.particles > 1:
-                others = self._particles(args, self.inference.particles - 1)[2]
-                log_weights = jnp.concatenate([log_weights, others])
-            joint = density(self.model, merge(self.observations, choices), *args)
-            return joint - _log_mean_exp(log_weights)
+        return self.inference.density_posterior(self, handler, choices, args)
 
 
 def normalize(
-    model: GenerativeFunction, observations: ChoiceMap, inference: SIR | MCMC | None = None
+    model: GenerativeFunction, observations: ChoiceMap, inference: Inference | None = None
 ) -> Normalized:
     """The approximate posterior of ``model``'s other choices given ``observations``.
 
@@ -361,4 +376,10 @@ def normalize(
     _check_gen(model, "normalize")
     if not flatten(observations):
         raise ValueError("normalize: give at least one observed address")
-    return Normalized(model, observations, _check_inference(inference, "normalize"))
+    inference = sir(1) if inference is None else inference
+    if not isinstance(inference, Inference):
+        raise TypeError(
+            f"normalize: inference must be sir(K), sir(K, proposal), mcmc(kernel, init) or another "
+            f"Inference, got {inference!r}"
+        )
+    return Normalized(model, observations, inference)

@@ -27,9 +27,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import numpyro.distributions as dist
-from ppl.transforms._expectation import _check_gen, _run_frame, density, generate, sim
+from ppl.transforms._expectation import _check_gen, _run_frame, density, generate, sim, stop_gradient
+from ppl.transforms._marginal import Inference, Normalized
 from ppl.transforms._scope import EstimatorHandler
 
 import ppl
@@ -67,12 +67,30 @@ def independence_mh(proposal: GenerativeFunction | None = None) -> IndependenceM
 
 
 @dataclasses.dataclass(frozen=True)
-class MCMC:
+class MCMC(Inference):
     """MCMC inference from the chain state ``init``; see :func:`mcmc`."""
 
     kernel: IndependenceMH
     init: ChoiceMap
     steps: int = 1
+
+    @property
+    def proposal(self) -> GenerativeFunction | None:
+        return self.kernel.proposal
+
+    def sim_posterior(
+        self, posterior: Normalized, handler: EstimatorHandler, args: tuple
+    ) -> tuple[ChoiceMap, Any, jax.Array]:
+        """``steps`` kernel steps from ``init``: the new state, its :class:`Transition`, its score."""
+        return transition(posterior, handler, args)
+
+    def density_posterior(
+        self, posterior: Normalized, handler: EstimatorHandler, choices: ChoiceMap, args: tuple
+    ) -> jax.Array:
+        raise ValueError(
+            f"{posterior!r}: MCMC inference gives no estimate of the posterior's density; use "
+            "sir(K) inference for density, or the model's unnormalized density(model, ...)"
+        )
 
 
 def mcmc(kernel: IndependenceMH, init: ChoiceMap, steps: int = 1) -> MCMC:
@@ -125,36 +143,28 @@ class Transition:
     proposal_log_prob: jax.Array
 
 
-def _stop(args: tuple) -> tuple:
-    def stop(leaf: Any) -> Any:
-        return sg(leaf) if isinstance(leaf, jax.Array | np.ndarray | np.generic | float) else leaf
-
-    return jax.tree_util.tree_map(stop, args)
-
-
-def _latents(normalized: Any, choices: ChoiceMap) -> dict:
-    observed = set(normalized._observed)
-    return {a: v for a, v in flatten(choices).items() if a not in observed}
-
-
-def _propose(normalized: Any, handler: EstimatorHandler, args: tuple) -> tuple[dict, jax.Array]:
+def _propose(normalized: Normalized, handler: EstimatorHandler, args: tuple) -> tuple[dict, jax.Array]:
     """``z̃ ~ q`` (under ``stop_gradient`` arguments) and ``log w(z̃)``."""
     model, obs, proposal = normalized.model, normalized.observations, normalized.proposal
     with handler.hidden_scope("_mh"):
         if proposal is None:
             trace, log_weight = generate(model, obs, *args)
-            return _latents(normalized, trace.choices), log_weight
+            return normalized.latents(trace.choices), log_weight
         tr = sim(proposal, obs, *args)
         return flatten(tr.choices), density(model, merge(obs, tr.choices), *args) - tr.score
 
 
-def _state_log_weight(normalized: Any, handler: EstimatorHandler, latents: dict, args: tuple) -> jax.Array:
+def _state_log_weight(
+    normalized: Normalized, handler: EstimatorHandler, latents: dict, args: tuple
+) -> jax.Array:
     """``log w(z)`` of a given state (its choices replayed)."""
     with handler.hidden_scope("_mh_state"):
-        return normalized._first_weight(unflatten(latents), args)
+        return normalized.log_weight(unflatten(latents), args)
 
 
-def _proposal_log_prob(normalized: Any, handler: EstimatorHandler, latents: dict, args: tuple) -> jax.Array:
+def _proposal_log_prob(
+    normalized: Normalized, handler: EstimatorHandler, latents: dict, args: tuple
+) -> jax.Array:
     """``log q(z̃)`` with the given (live) arguments."""
     proposal, obs = normalized.proposal, normalized.observations
     if proposal is not None:
@@ -164,7 +174,7 @@ def _proposal_log_prob(normalized: Any, handler: EstimatorHandler, latents: dict
         return _run_frame(handler, normalized.model, args, observed=replay, select=tuple(latents))[2]
 
 
-def _check_state(normalized: Any, state: dict, proposed: dict) -> None:
+def _check_state(normalized: Normalized, state: dict, proposed: dict) -> None:
     missing = sorted(set(proposed) - set(state))
     extra = sorted(set(state) - set(proposed))
     if missing or extra:
@@ -182,9 +192,11 @@ def _check_state(normalized: Any, state: dict, proposed: dict) -> None:
             )
 
 
-def transition(normalized: Any, handler: EstimatorHandler, args: tuple) -> tuple[ChoiceMap, Transition, Any]:
+def transition(
+    normalized: Normalized, handler: EstimatorHandler, args: tuple
+) -> tuple[ChoiceMap, Transition, Any]:
     """Run the kernel ``steps`` times from ``init``: ``(new state, Transition, score)``."""
-    frozen = _stop(args)
+    frozen = stop_gradient(args)
     state = flatten(normalized.inference.init)
     state_log_weight = None
     for _ in range(normalized.inference.steps):

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 from ppl.transforms._baselines import leave_one_out_mean
+from ppl.transforms._estimator import particle_count
 from ppl.transforms._expectation import Expectation, _check_gen, expectation, sim
 from ppl.transforms._marginal import normalize
 from ppl.transforms._mcmc import independence_mh, mcmc
@@ -49,7 +50,6 @@ from ppl._choice_map import ChoiceMap
 from ppl._gen import GenerativeFunction
 
 sg = jax.lax.stop_gradient
-ESTIMATORS = ("basic", "control_variate")
 
 
 @jax.tree_util.register_dataclass
@@ -93,13 +93,97 @@ def systematic_resample(u: jax.Array, weights: jax.Array, count: int) -> jax.Arr
     return jnp.minimum(index, last)
 
 
-def mcmc_em(
-    model: GenerativeFunction,
-    estimator: str = "control_variate",
-    samples: int | None = None,
-    proposal: GenerativeFunction | None = None,
+def _chains(model: GenerativeFunction, proposal: GenerativeFunction | None) -> GenerativeFunction:
+    """One independence-MH step per datum from its memory: ``ppl.vmap`` over the batch."""
+    kernel = independence_mh(proposal)
+
+    @ppl.gen
+    def chain(params: Any, datum: Any, observation: ChoiceMap, state: ChoiceMap) -> Any:
+        return sim(normalize(model, observation, mcmc(kernel, state)), params, datum)
+
+    return ppl.vmap(chain, in_axes=(None, 0, 0, 0))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Step:
+    """One MCMC-EM step's quantities (see the module docstring for the symbols)."""
+
+    traces: Any
+    accepted: jax.Array  # c̃
+    valid: jax.Array  # v
+    count: jax.Array  # Σv (at least 1)
+    memory_log_prob: jax.Array  # log p_θ(z'_m, y_m | x_m), 0 where v_m = 0
+
+
+def _step(
+    chains: GenerativeFunction, params: Any, data: Any, observations: ChoiceMap, memory: ChoiceMap
+) -> _Step:
+    traces = ppl.sample("chains", chains, params, data, observations, memory)
+    info = traces.retval
+    size = info.accepted.shape[0]
+    if size < 2:
+        raise ValueError(f"mcmc_em: the batch needs at least 2 data, got {size}")
+    valid = (info.log_weight > -jnp.inf).astype(jnp.float32)
+    return _Step(
+        traces,
+        info.accepted.astype(jnp.float32),
+        valid,
+        jnp.maximum(jnp.sum(valid), 1.0),
+        jnp.where(valid > 0, traces.score, 0.0),
+    )
+
+
+def _fisher(step: _Step) -> jax.Array:
+    """``(1/Σv) Σ_m v_m log p_θ(z'_m, y_m | x_m)``: the basic estimator's value and gradient."""
+    return jnp.sum(step.memory_log_prob) / step.count
+
+
+def _control_variate(step: _Step, beta: jax.Array) -> jax.Array:
+    """``−(1/Σv) Σ_m v_m β_m (log q_θ(z̃_m) − sg)``: zero-valued, mean-zero gradient."""
+    log_q = step.traces.retval.proposal_log_prob
+    return -jnp.sum(step.valid * beta * (log_q - sg(log_q))) / step.count
+
+
+def _subsampled(step: _Step, beta: jax.Array, samples: int) -> jax.Array:
+    """The control-variate estimate's gradient by ``samples`` systematic draws of the 2M items."""
+    size = step.valid.shape[0]
+    weights = jnp.concatenate(
+        [step.valid * (1.0 - beta * step.accepted), step.valid * beta * (1.0 - step.accepted)]
+    )
+    sign = jnp.concatenate([jnp.ones(size), -jnp.ones(size)])
+    log_probs = jnp.concatenate([step.memory_log_prob, step.traces.retval.proposal_log_prob])
+    total = jnp.sum(weights)
+    u = ppl.sample("subsample", dist.Uniform(0.0, 1.0))
+    index = systematic_resample(u, jnp.where(total > 0, weights, 1.0), samples)
+    counts = jnp.zeros(2 * size).at[index].add(1.0)
+    coefficient = sg(total / step.count * counts / samples * sign)
+    return jnp.sum(coefficient * (log_probs - sg(log_probs)))
+
+
+def _chain_step(step: _Step, beta: jax.Array) -> ChainStep:
+    info = step.traces.retval
+    return ChainStep(step.traces.choices, info.accepted, step.valid > 0, beta, info.proposal)
+
+
+def _em_objective(
+    model: GenerativeFunction, proposal: GenerativeFunction | None, name: str, value_of: Any
 ) -> Expectation:
-    """The MCMC-EM objective over a batch of data, with TRICE's estimators (module docstring).
+    _check_gen(model, name)
+    chains = _chains(model, proposal)
+
+    def objective(
+        params: Any, data: Any, observations: ChoiceMap, memory: ChoiceMap
+    ) -> tuple[Any, ChainStep]:
+        step = _step(chains, params, data, observations, memory)
+        value, beta = value_of(step)
+        return value, _chain_step(step, beta)
+
+    objective.__name__ = name
+    return expectation(objective, has_aux=True)
+
+
+def mcmc_em(model: GenerativeFunction, proposal: GenerativeFunction | None = None) -> Expectation:
+    """The MCMC-EM objective over a batch of data, with TRICE's basic estimator (module docstring).
 
     The returned objective is called as ``objective(params, data, observations, memory)``:
     ``model(params, datum)`` is the per-datum generative function; ``data`` (any pytree),
@@ -107,9 +191,9 @@ def mcmc_em(
     a choice map of every latent choice) have a leading batch axis ``M ≥ 2``. It returns
     ``(value, ChainStep)`` (it is estimated with ``has_aux``): the value is
     ``(1/Σv) Σ_m v_m log p_θ(z'_m, y_m | x_m)`` and the :class:`ChainStep` holds the new memory.
-    Differentiate ``params`` (``argnums=0``, the default); the chains use
-    ``stop_gradient(params)``. ``proposal`` (default: the model's prior) is a generative
-    function over the latents called with ``(observation, params, datum)``.
+    The chains use ``stop_gradient(params)``. ``proposal`` (default: the model's prior) is a
+    generative function over the latents called with ``(observation, params, datum)``.
+    :func:`mcmc_em_control_variate` adds TRICE's control variate.
 
     Example:
         >>> import jax, jax.numpy as jnp, numpyro.distributions as dist, ppl
@@ -120,58 +204,29 @@ def mcmc_em(
         ...     ppl.sample("hit", dist.Delta((z <= target).astype(jnp.float32)))
         >>> objective = T.mcmc_em(model)
         >>> memory = {"z": jnp.zeros(4, jnp.int32)}
-        >>> (value, step), grad = objective.estimator().value_and_grad(
+        >>> (value, step), grad, _ = objective.estimator().value_and_grad(
         ...     jax.random.key(0), jnp.zeros(5), jnp.arange(4), {"hit": jnp.ones(4)}, memory)
         >>> step.state["z"].shape, grad.shape
         ((4,), (5,))
     """
-    _check_gen(model, "mcmc_em")
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"mcmc_em: estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
+    return _em_objective(
+        model, proposal, "mcmc_em", lambda step: (_fisher(step), jnp.zeros_like(step.accepted))
+    )
+
+
+def mcmc_em_control_variate(
+    model: GenerativeFunction, samples: int | None = None, proposal: GenerativeFunction | None = None
+) -> Expectation:
+    """:func:`mcmc_em` with TRICE's leave-one-out control variate; with ``samples=L``, its
+    subsampled form (systematic resampling of the ``2M`` items, module docstring)."""
     if samples is not None:
-        if estimator != "control_variate":
-            raise ValueError("mcmc_em: samples (subsampling) needs estimator='control_variate'")
-        if not isinstance(samples, int) or samples < 1:
-            raise ValueError(f"mcmc_em: samples must be a positive int, got {samples!r}")
-    kernel = independence_mh(proposal)
+        samples = particle_count(samples, "mcmc_em_control_variate: samples")
 
-    @ppl.gen
-    def chain(params: Any, datum: Any, observation: ChoiceMap, state: ChoiceMap) -> Any:
-        return sim(normalize(model, observation, mcmc(kernel, state)), params, datum)
+    def value_of(step: _Step) -> tuple[jax.Array, jax.Array]:
+        beta = leave_one_out_mean(step.accepted, weights=step.valid)
+        if samples is None:
+            return _fisher(step) + _control_variate(step, beta), beta
+        return sg(_fisher(step)) + _subsampled(step, beta, samples), beta
 
-    chains = ppl.vmap(chain, in_axes=(None, 0, 0, 0))
-
-    def objective(
-        params: Any, data: Any, observations: ChoiceMap, memory: ChoiceMap
-    ) -> tuple[Any, ChainStep]:
-        traces = ppl.sample("chains", chains, params, data, observations, memory)
-        info = traces.retval
-        size = info.accepted.shape[0]
-        if size < 2:
-            raise ValueError(f"mcmc_em: the batch needs at least 2 data, got {size}")
-        accepted = info.accepted.astype(jnp.float32)
-        valid = (info.log_weight > -jnp.inf).astype(jnp.float32)
-        count = jnp.maximum(jnp.sum(valid), 1.0)
-        memory_log_prob = jnp.where(valid > 0, traces.score, 0.0)
-        value = jnp.sum(memory_log_prob) / count
-        beta = jnp.zeros_like(accepted)
-        if estimator == "control_variate":
-            beta = leave_one_out_mean(accepted, weights=valid)
-            proposal_log_prob = info.proposal_log_prob
-            if samples is None:
-                value = value - jnp.sum(valid * beta * (proposal_log_prob - sg(proposal_log_prob))) / count
-            else:
-                weights = jnp.concatenate([valid * (1.0 - beta * accepted), valid * beta * (1.0 - accepted)])
-                sign = jnp.concatenate([jnp.ones(size), -jnp.ones(size)])
-                log_probs = jnp.concatenate([memory_log_prob, proposal_log_prob])
-                total = jnp.sum(weights)
-                u = ppl.sample("subsample", dist.Uniform(0.0, 1.0))
-                index = systematic_resample(u, jnp.where(total > 0, weights, 1.0), samples)
-                counts = jnp.zeros(2 * size).at[index].add(1.0)
-                coefficient = sg(total / count * counts / samples * sign)
-                value = sg(value) + jnp.sum(coefficient * (log_probs - sg(log_probs)))
-        step = ChainStep(traces.choices, info.accepted, valid > 0, beta, info.proposal)
-        return value, step
-
-    objective.__name__ = f"mcmc_em_{estimator}" + ("" if samples is None else f"_subsampled{samples}")
-    return expectation(objective, has_aux=True)
+    name = "mcmc_em_control_variate" + ("" if samples is None else f"_subsampled{samples}")
+    return _em_objective(model, proposal, name, value_of)

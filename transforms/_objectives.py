@@ -1,19 +1,20 @@
 """The objective library: variational objectives written as ordinary objective programs.
 
 Every objective here is a short ``@expectation`` program over a *model* ``p``
-and a *guide* (variational family) ``q``, both generative functions, and is
-called with three arguments::
+and a *guide* (variational family) ``q``, both generative functions called as
+``p(params, *args)`` and ``q(params, *args)``, and is called as::
 
-    objective(model_args, guide_args, observations)
+    objective(params, observations, *args)
 
-``model_args`` and ``guide_args`` are tuples passed to ``p`` and ``q``;
-``observations`` is a choice map merged into every guide sample before the
-model's density is evaluated. All values are "higher is better" (lower bounds
-on ``log p(observations)``, or ``-KL``). Pick the differentiated arguments and
-per-site strategies at the call site, as for any objective::
+``params`` is one pytree shared by the model and the guide (each reads its own
+part), the differentiated argument of every estimator; ``observations`` is a
+choice map merged into every guide sample before the model's density is
+evaluated; ``args`` are further data for both programs. All values are
+"higher is better" (lower bounds on ``log p(observations)``, or ``-KL``).
+Pick per-site strategies at the call site, as for any objective::
 
-    est = T.iwelbo(model, guide, 5).estimator(argnums=(0, 1))
-    value, (model_grad, guide_grad) = est.value_and_grad(key, (theta,), (phi,), data)
+    est = T.iwelbo(model, guide, 5).estimator()
+    value, grad, _ = est.value_and_grad(key, {"model": theta, "guide": phi}, data)
 
 Notation: ``z_k ~ q`` are ``K`` independent guide samples and
 ``log w_k = log p(x, z_k) - log q(z_k)``; ``w̃_k = w_k / Σ_j w_j``.
@@ -30,54 +31,46 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from ppl.transforms._baselines import leave_one_out_mean
-from ppl.transforms._expectation import Expectation, density, expectation, sim
-from ppl.transforms._ledger import BlockEntry, SiteEntry
-from ppl.transforms._marginal import _log_mean_exp, marginal, sir
-from ppl.transforms._strategies import Reparam
+from ppl.transforms._estimator import particle_count
+from ppl.transforms._expectation import (
+    Expectation,
+    density,
+    expectation,
+    resolved_strategies,
+    sim,
+    stop_gradient,
+)
+from ppl.transforms._marginal import marginal, sir
+from ppl.transforms._numerics import log_mean_exp
 
 import ppl
 from ppl._choice_map import ChoiceMap, format_address, merge
 from ppl._gen import GenerativeFunction
-from ppl._handlers import current
 
 sg = jax.lax.stop_gradient
-_GRADIENTS = ("standard", "stl", "dreg")
 
 
 def _stop(tree: Any) -> Any:
-    return jax.tree_util.tree_map(sg, tree)
+    return stop_gradient(tree)
 
 
-def _check_exact_density(guide: GenerativeFunction, gradient: str) -> None:
+def _check_exact_density(guide: GenerativeFunction, what: str) -> None:
     """STL, DReG and the per-particle objectives re-evaluate ``log q``: it must be exact."""
-    if gradient != "standard" and getattr(guide, "density_in_objective", None) is not None:
-        what = "this objective" if gradient == "per-particle" else f"gradient={gradient!r}"
+    if getattr(guide, "density_in_objective", None) is not None:
         raise ValueError(
-            f"{what} needs the guide's exact log density, but {guide!r} has an estimated one"
-            + ("" if gradient == "per-particle" else "; use gradient='standard'")
+            f"{what} needs the guide's exact log density, but {guide!r} has an estimated one "
+            "(a marginal or normalize); use elbo or iwelbo with it"
         )
 
 
-def _check_reparameterized(what: str) -> None:
-    """Every guide site of the last particle block must be reparameterized (DReG's identity)."""
-    handler = current()
-    block = handler.entries[-1] if handler is not None and handler.entries else None
-    for site in _sites(block.entries if isinstance(block, BlockEntry) else []):
-        if site.strategy is not None and not isinstance(site.strategy, Reparam):
+def _check_pathwise(what: str) -> None:
+    """Every guide site of the particle block must carry its gradient by its path (DReG's identity)."""
+    for address, strategy in resolved_strategies(("particles",)).items():
+        if not strategy.pathwise:
             raise ValueError(
-                f"{what} needs reparameterized guide sites; address '{format_address(site.address)}' "
-                f"uses {type(site.strategy).__name__.lower()}: use gradient='standard' there"
+                f"{what} needs reparameterized guide sites; address '{format_address(address)}' uses "
+                f"{type(strategy).__name__}: use iwelbo(...) (its strategies' gradient) there"
             )
-
-
-def _sites(entries: list[Any]) -> list[SiteEntry]:
-    out: list[SiteEntry] = []
-    for e in entries:
-        if isinstance(e, SiteEntry):
-            out.append(e)
-        elif isinstance(e, BlockEntry):
-            out.extend(_sites(e.entries))
-    return out
 
 
 def _named(objective: Expectation, name: str) -> Expectation:
@@ -85,110 +78,133 @@ def _named(objective: Expectation, name: str) -> Expectation:
     return objective
 
 
-def _check(particles: int, gradient: str, allowed: tuple[str, ...]) -> None:
-    if not isinstance(particles, int) or particles < 1:
-        raise ValueError(f"particles must be a positive int, got {particles!r}")
-    if gradient not in allowed:
-        raise ValueError(f"gradient must be one of {allowed}, got {gradient!r}")
-
-
 def _particles(
     model: GenerativeFunction,
     guide: GenerativeFunction,
-    model_args: tuple,
-    guide_args: tuple,
+    params: Any,
     observations: ChoiceMap,
+    args: tuple,
     particles: int,
 ) -> tuple[ChoiceMap, jax.Array, jax.Array]:
     """``K`` guide samples (stacked choices) with ``log p(x, z_k)`` and ``log q(z_k)``."""
 
     @ppl.gen
     def particle() -> tuple[ChoiceMap, jax.Array, jax.Array]:
-        trace = sim(guide, *guide_args)
-        return trace.choices, density(model, merge(observations, trace.choices), *model_args), trace.score
+        trace = sim(guide, params, *args)
+        return trace.choices, density(model, merge(observations, trace.choices), params, *args), trace.score
 
     return ppl.sample("particles", ppl.vmap(particle, in_axes=None, axis_size=particles))
 
 
 def _assess_each(
-    g: GenerativeFunction, choices: ChoiceMap, args: tuple, extra: ChoiceMap = None
+    g: GenerativeFunction, choices: ChoiceMap, params: Any, args: tuple, extra: ChoiceMap = None
 ) -> jax.Array:
     """``log g(choices_k)`` for each stacked particle ``k`` (deterministic)."""
     extra = extra or {}
-    return jax.vmap(lambda c: density(g, merge(extra, c), *args))(choices)
+    return jax.vmap(lambda c: density(g, merge(extra, c), params, *args))(choices)
 
 
-def elbo(model: GenerativeFunction, guide: GenerativeFunction, gradient: str = "standard") -> Expectation:
-    """The evidence lower bound ``E_q[log p(x, z) - log q(z)]``.
+def _guide_samples(guide: GenerativeFunction, params: Any, args: tuple, particles: int) -> ChoiceMap:
+    """``K`` guide samples drawn with stopped parameters (no pathwise or strategy gradient)."""
+    return sim(ppl.vmap(guide, in_axes=None, axis_size=particles), params, *args, differentiate=False).choices
 
-    ``gradient="standard"``: the estimator of each site's strategy, unbiased.
-    ``gradient="stl"`` (sticking the landing, Roeder et al. 2017): ``log q`` is
-    evaluated with stopped guide parameters, dropping the term
-    ``-E_q[∇φ log q] = 0``; unbiased under any strategy, and exactly zero for
-    reparameterized guides when ``q`` is the posterior.
+
+def elbo(model: GenerativeFunction, guide: GenerativeFunction) -> Expectation:
+    """The evidence lower bound ``E_q[log p(x, z) - log q(z)]``; each site's strategy, unbiased.
 
     Example:
         >>> import jax, numpyro.distributions as dist, ppl
         >>> from ppl import transforms as T
         >>> @ppl.gen
-        ... def model():
+        ... def model(params):
         ...     z = ppl.sample("z", dist.Normal(0.0, 1.0))
         ...     ppl.sample("x", dist.Normal(z, 1.0))
         >>> @ppl.gen
-        ... def guide(mu):
-        ...     ppl.sample("z", dist.Normal(mu, 0.7))
-        >>> est = T.elbo(model, guide).estimator(argnums=1)
-        >>> value, grad = est.value_and_grad(jax.random.key(0), (), (0.5,), {"x": 1.0})
+        ... def guide(params):
+        ...     ppl.sample("z", dist.Normal(params["mu"], 0.7))
+        >>> est = T.elbo(model, guide).estimator()
+        >>> value, grad, _ = est.value_and_grad(jax.random.key(0), {"mu": 0.5}, {"x": 1.0})
     """
-    _check(1, gradient, _GRADIENTS[:2])
-    _check_exact_density(guide, gradient)
 
     @expectation
-    def objective(model_args: tuple, guide_args: tuple, observations: ChoiceMap) -> jax.Array:
-        trace = sim(guide, *guide_args)
-        log_p = density(model, merge(observations, trace.choices), *model_args)
-        if gradient == "stl":
-            return log_p - density(guide, trace.choices, *_stop(guide_args))
-        return log_p - trace.score
+    def objective(params: Any, observations: ChoiceMap, *args: Any) -> jax.Array:
+        trace = sim(guide, params, *args)
+        return density(model, merge(observations, trace.choices), params, *args) - trace.score
 
     return _named(objective, "elbo")
 
 
-def iwelbo(
-    model: GenerativeFunction, guide: GenerativeFunction, particles: int, gradient: str = "standard"
-) -> Expectation:
-    """The importance-weighted bound IWELBO(K) = ``E[log (1/K) Σ_k w_k]`` (IWAE).
+def elbo_stl(model: GenerativeFunction, guide: GenerativeFunction) -> Expectation:
+    """The ELBO with the sticking-the-landing gradient (Roeder et al. 2017).
 
-    Nondecreasing in ``K``; ``K = 1`` is the ELBO. Gradients:
-
-    * ``"standard"``: each site's strategy applied to the bound; unbiased.
-    * ``"dreg"`` (doubly reparameterized, Tucker et al. 2018): guide gradient
-      ``Σ_k w̃_k² ∂log w_k/∂z_k · ∂z_k/∂φ``, model gradient ``Σ_k w̃_k ∇θ log p(x, z_k)``;
-      unbiased for reparameterized guides, zero at the exact posterior.
-    * ``"stl"``: ``log q`` with stopped guide parameters; unbiased for ``K = 1``
-      only, biased for ``K > 1`` (Tucker et al. 2018, section 3).
+    ``log q`` is evaluated with stopped parameters, dropping the term ``-E_q[∇ log q] = 0``:
+    unbiased under any strategy, and exactly zero for reparameterized guides when ``q`` is
+    the posterior. Needs the guide's exact density.
     """
-    _check(particles, gradient, _GRADIENTS)
-    _check_exact_density(guide, gradient)
+    _check_exact_density(guide, "elbo_stl")
 
     @expectation
-    def objective(model_args: tuple, guide_args: tuple, observations: ChoiceMap) -> jax.Array:
-        choices, log_p, log_q = _particles(model, guide, model_args, guide_args, observations, particles)
-        if gradient == "standard":
-            return _log_mean_exp(log_p - log_q)
-        if gradient == "dreg":
-            _check_reparameterized(f"iwelbo({particles}, gradient='dreg')")
-        log_q_stopped = _assess_each(guide, choices, _stop(guide_args))
-        if gradient == "stl":
-            return _log_mean_exp(log_p - log_q_stopped)
-        # DReG: through z only with squared weights (guide); through θ with weights (model).
-        path = _assess_each(model, choices, _stop(model_args), observations) - log_q_stopped
-        direct = _assess_each(model, sg(choices), model_args, observations)
-        weights = sg(jax.nn.softmax(log_p - log_q))
-        value = _log_mean_exp(sg(log_p - log_q))
-        return value + jnp.sum(weights**2 * (path - sg(path))) + jnp.sum(weights * (direct - sg(direct)))
+    def objective(params: Any, observations: ChoiceMap, *args: Any) -> jax.Array:
+        trace = sim(guide, params, *args)
+        log_p = density(model, merge(observations, trace.choices), params, *args)
+        return log_p - density(guide, trace.choices, _stop(params), *args)
+
+    return _named(objective, "elbo_stl")
+
+
+def iwelbo(model: GenerativeFunction, guide: GenerativeFunction, particles: int) -> Expectation:
+    """The importance-weighted bound IWELBO(K) = ``E[log (1/K) Σ_k w_k]`` (IWAE).
+
+    Nondecreasing in ``K``; ``K = 1`` is the ELBO. The gradient is each site's strategy
+    applied to the bound: unbiased. See :func:`iwelbo_dreg` and :func:`iwelbo_stl`.
+    """
+    particles = particle_count(particles, "iwelbo: particles")
+
+    @expectation
+    def objective(params: Any, observations: ChoiceMap, *args: Any) -> jax.Array:
+        _, log_p, log_q = _particles(model, guide, params, observations, args, particles)
+        return log_mean_exp(log_p - log_q)
 
     return _named(objective, f"iwelbo({particles})")
+
+
+def iwelbo_stl(model: GenerativeFunction, guide: GenerativeFunction, particles: int) -> Expectation:
+    """IWELBO(K) with ``log q`` at stopped parameters: unbiased for ``K = 1`` only, biased for
+    ``K > 1`` (Tucker et al. 2018, section 3)."""
+    particles = particle_count(particles, "iwelbo_stl: particles")
+    _check_exact_density(guide, "iwelbo_stl")
+
+    @expectation
+    def objective(params: Any, observations: ChoiceMap, *args: Any) -> jax.Array:
+        choices, log_p, _ = _particles(model, guide, params, observations, args, particles)
+        return log_mean_exp(log_p - _assess_each(guide, choices, _stop(params), args))
+
+    return _named(objective, f"iwelbo_stl({particles})")
+
+
+def iwelbo_dreg(model: GenerativeFunction, guide: GenerativeFunction, particles: int) -> Expectation:
+    """IWELBO(K) with the doubly reparameterized gradient (Tucker et al. 2018).
+
+    Guide gradient ``Σ_k w̃_k² ∂log w_k/∂z_k · ∂z_k/∂φ``, model gradient
+    ``Σ_k w̃_k ∇θ log p(x, z_k)``; unbiased for reparameterized guides (every guide site's
+    strategy must be pathwise), zero at the exact posterior.
+    """
+    particles = particle_count(particles, "iwelbo_dreg: particles")
+    _check_exact_density(guide, "iwelbo_dreg")
+
+    @expectation
+    def objective(params: Any, observations: ChoiceMap, *args: Any) -> jax.Array:
+        choices, log_p, log_q = _particles(model, guide, params, observations, args, particles)
+        _check_pathwise(f"iwelbo_dreg({particles})")
+        log_q_stopped = _assess_each(guide, choices, _stop(params), args)
+        # Through z only with squared weights (guide); through θ with weights (model).
+        path = _assess_each(model, choices, _stop(params), args, observations) - log_q_stopped
+        direct = _assess_each(model, sg(choices), params, args, observations)
+        weights = sg(jax.nn.softmax(log_p - log_q))
+        value = log_mean_exp(sg(log_p - log_q))
+        return value + jnp.sum(weights**2 * (path - sg(path))) + jnp.sum(weights * (direct - sg(direct)))
+
+    return _named(objective, f"iwelbo_dreg({particles})")
 
 
 def vimco(model: GenerativeFunction, guide: GenerativeFunction, particles: int) -> Expectation:
@@ -201,22 +217,20 @@ def vimco(model: GenerativeFunction, guide: GenerativeFunction, particles: int) 
     :func:`leave_one_out_mean`). Unbiased for the gradient of IWELBO(K); needs
     ``K ≥ 2``.
     """
-    _check(particles, "standard", ("standard",))
-    _check_exact_density(guide, "per-particle")
+    particles = particle_count(particles, "vimco: particles")
+    _check_exact_density(guide, "vimco")
     if particles < 2:
         raise ValueError(f"vimco needs particles >= 2 for its leave-one-out baselines, got {particles}")
 
     @expectation
-    def objective(model_args: tuple, guide_args: tuple, observations: ChoiceMap) -> jax.Array:
-        # Sampled with stopped guide parameters: no pathwise or strategy gradient.
-        trace = sim(ppl.vmap(guide, in_axes=None, axis_size=particles), *_stop(guide_args))
-        choices = sg(trace.choices)
-        log_q = _assess_each(guide, choices, guide_args)
-        log_p = _assess_each(model, choices, model_args, observations)
+    def objective(params: Any, observations: ChoiceMap, *args: Any) -> jax.Array:
+        choices = _guide_samples(guide, params, args, particles)
+        log_q = _assess_each(guide, choices, params, args)
+        log_p = _assess_each(model, choices, params, args, observations)
         log_w = log_p - log_q
-        bound = _log_mean_exp(log_w)
+        bound = log_mean_exp(log_w)
         others = sg(leave_one_out_mean(log_w, axis=0))
-        held_out = jax.vmap(lambda k: _log_mean_exp(sg(log_w).at[k].set(others[k])))(jnp.arange(particles))
+        held_out = jax.vmap(lambda k: log_mean_exp(sg(log_w).at[k].set(others[k])))(jnp.arange(particles))
         signal = sg(bound - held_out)
         return bound + jnp.sum(signal * (log_q - sg(log_q)))
 
@@ -231,17 +245,17 @@ def renyi(model: GenerativeFunction, guide: GenerativeFunction, alpha: float, pa
     Monte Carlo objective, which for ``α ∉ {0, 1}`` is itself a biased estimate
     of the Rényi divergence bound (Li & Turner 2016).
     """
-    _check(particles, "standard", ("standard",))
-    if not isinstance(alpha, (int, float)) or alpha < 0:
+    particles = particle_count(particles, "renyi: particles")
+    if not isinstance(alpha, int | float) or alpha < 0:
         raise ValueError(f"renyi: alpha must be a number >= 0, got {alpha!r}")
 
     @expectation
-    def objective(model_args: tuple, guide_args: tuple, observations: ChoiceMap) -> jax.Array:
-        _, log_p, log_q = _particles(model, guide, model_args, guide_args, observations, particles)
+    def objective(params: Any, observations: ChoiceMap, *args: Any) -> jax.Array:
+        _, log_p, log_q = _particles(model, guide, params, observations, args, particles)
         log_w = log_p - log_q
         if alpha == 1.0:
             return jnp.mean(log_w)
-        return _log_mean_exp((1.0 - alpha) * log_w) / (1.0 - alpha)
+        return log_mean_exp((1.0 - alpha) * log_w) / (1.0 - alpha)
 
     return _named(objective, f"renyi({alpha}, {particles})")
 
@@ -249,30 +263,29 @@ def renyi(model: GenerativeFunction, guide: GenerativeFunction, alpha: float, pa
 def wake_p(model: GenerativeFunction, guide: GenerativeFunction, particles: int) -> Expectation:
     """Reweighted wake-sleep, wake phase for the model (Bornschein & Bengio 2015).
 
-    Value: the IWELBO(K) estimate of ``log p(x)``. Gradient (model parameters
-    only; the guide's are stopped): ``Σ_k w̃_k ∇θ log p(x, z_k)``, the
-    self-normalized estimate of ``∇θ log p(x) = E_{p(z|x)}[∇θ log p(x, z)]``:
-    biased for finite ``K``, consistent as ``K → ∞``.
+    Value: the IWELBO(K) estimate of ``log p(x)``. Gradient (through the model's
+    density only; the guide's samples and density are stopped):
+    ``Σ_k w̃_k ∇θ log p(x, z_k)``, the self-normalized estimate of
+    ``∇θ log p(x) = E_{p(z|x)}[∇θ log p(x, z)]``: biased for finite ``K``, consistent as
+    ``K → ∞``.
     """
-    _check(particles, "standard", ("standard",))
-    _check_exact_density(guide, "per-particle")
+    particles = particle_count(particles, "wake_p: particles")
+    _check_exact_density(guide, "wake_p")
 
     @expectation
-    def objective(model_args: tuple, guide_args: tuple, observations: ChoiceMap) -> jax.Array:
-        trace = sim(ppl.vmap(guide, in_axes=None, axis_size=particles), *_stop(guide_args))
-        choices = sg(trace.choices)
-        log_q = sg(_assess_each(guide, choices, guide_args))
-        log_p = _assess_each(model, choices, model_args, observations)
-        return _log_mean_exp(log_p - log_q)
+    def objective(params: Any, observations: ChoiceMap, *args: Any) -> jax.Array:
+        choices = _guide_samples(guide, params, args, particles)
+        log_q = sg(_assess_each(guide, choices, params, args))
+        log_p = _assess_each(model, choices, params, args, observations)
+        return log_mean_exp(log_p - log_q)
 
     return _named(objective, f"wake_p({particles})")
 
 
-def _self_normalized(model, guide, particles, model_args, guide_args, observations):
-    trace = sim(ppl.vmap(guide, in_axes=None, axis_size=particles), *_stop(guide_args))
-    choices = sg(trace.choices)
-    log_q = _assess_each(guide, choices, guide_args)
-    log_p = sg(_assess_each(model, choices, model_args, observations))
+def _self_normalized(model, guide, particles, params, observations, args):
+    choices = _guide_samples(guide, params, args, particles)
+    log_q = _assess_each(guide, choices, params, args)
+    log_p = sg(_assess_each(model, choices, params, args, observations))
     log_w = log_p - sg(log_q)
     return log_p, log_q, log_w, sg(jax.nn.softmax(log_w))
 
@@ -280,17 +293,17 @@ def _self_normalized(model, guide, particles, model_args, guide_args, observatio
 def wake_q(model: GenerativeFunction, guide: GenerativeFunction, particles: int) -> Expectation:
     """Reweighted wake-sleep, wake phase for the guide.
 
-    Value ``Σ_k w̃_k log q(z_k)``; gradient (guide parameters only)
+    Value ``Σ_k w̃_k log q(z_k)``; gradient (through the guide's density only)
     ``Σ_k w̃_k ∇φ log q(z_k)``, the self-normalized estimate of
     ``∇φ E_{p(z|x)}[log q(z)] = -∇φ KL(p(z|x) ‖ q)``: biased for finite ``K``,
     consistent as ``K → ∞``.
     """
-    _check(particles, "standard", ("standard",))
-    _check_exact_density(guide, "per-particle")
+    particles = particle_count(particles, "wake_q: particles")
+    _check_exact_density(guide, "wake_q")
 
     @expectation
-    def objective(model_args: tuple, guide_args: tuple, observations: ChoiceMap) -> jax.Array:
-        _, log_q, _, weights = _self_normalized(model, guide, particles, model_args, guide_args, observations)
+    def objective(params: Any, observations: ChoiceMap, *args: Any) -> jax.Array:
+        _, log_q, _, weights = _self_normalized(model, guide, particles, params, observations, args)
         return jnp.sum(weights * log_q)
 
     return _named(objective, f"wake_q({particles})")
@@ -300,18 +313,16 @@ def forward_kl(model: GenerativeFunction, guide: GenerativeFunction, particles: 
     """``-KL(p(z|x) ‖ q)`` by self-normalized importance sampling with ``K`` guide samples.
 
     Value ``Σ_k w̃_k (log q(z_k) - log p(x, z_k) + log Ẑ)`` with ``Ẑ = (1/K) Σ_k w_k``;
-    gradient (guide parameters only) that of :func:`wake_q`. Biased for finite
+    gradient (through the guide's density only) that of :func:`wake_q`. Biased for finite
     ``K`` (self-normalized), consistent as ``K → ∞``.
     """
-    _check(particles, "standard", ("standard",))
-    _check_exact_density(guide, "per-particle")
+    particles = particle_count(particles, "forward_kl: particles")
+    _check_exact_density(guide, "forward_kl")
 
     @expectation
-    def objective(model_args: tuple, guide_args: tuple, observations: ChoiceMap) -> jax.Array:
-        log_p, log_q, log_w, weights = _self_normalized(
-            model, guide, particles, model_args, guide_args, observations
-        )
-        log_posterior = log_p - _log_mean_exp(log_w)
+    def objective(params: Any, observations: ChoiceMap, *args: Any) -> jax.Array:
+        log_p, log_q, log_w, weights = _self_normalized(model, guide, particles, params, observations, args)
+        log_posterior = log_p - log_mean_exp(log_w)
         return jnp.sum(weights * (log_q - log_posterior))
 
     return _named(objective, f"forward_kl({particles})")

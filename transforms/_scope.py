@@ -18,108 +18,29 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from ppl.transforms._baselines import leave_one_out_mean
 from ppl.transforms._ledger import (
     BlockEntry,
     CostEntry,
     SiteEntry,
+    checks_held,
     downstream_costs,
     join,
     site_values,
     split,
     total,
 )
-from ppl.transforms._strategies import Auto, LogExpectationEstimator, Site, Strategy
+from ppl.transforms._resolution import Config
+from ppl.transforms._strategies import Site, Strategy
 
+from ppl._checks import poison
 from ppl._choice_map import Address, format_address, subtree
-from ppl._distributions import check_value, name, site_log_prob
+from ppl._distributions import check_parameters, check_value, name, site_log_prob
 from ppl._handlers import Handler, check_leading_axis
 
 sg = jax.lax.stop_gradient
 
-
-@dataclasses.dataclass
-class Config:
-    """Static settings of one estimator run, shared by nested scopes and re-runs."""
-
-    strategies: dict[Address, Strategy]
-    default: Strategy
-    particles: int
-    plain: bool = False
-    state: Any = None
-    args: tuple = ()
-    used: set[Address] = dataclasses.field(default_factory=set)
-    stateful: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def resolve(self, address: Address, d: Any, in_block: bool | str) -> Strategy:
-        """The strategy of the sample site at ``address``; ``in_block`` is true (or names
-        the enclosing construct) where continuation strategies are unavailable."""
-        if address in self.strategies:
-            self.used.add(address)
-            strategy = self.strategies[address]
-        else:
-            strategy = self.default
-        if isinstance(strategy, LogExpectationEstimator):
-            raise ValueError(
-                f"address '{format_address(address)}' ({name(d)}) is a sample site: "
-                f"{type(strategy).__name__} is an estimator for log_expectation terms"
-            )
-        if isinstance(strategy, Auto):
-            strategy = strategy.resolve(address, d, bool(in_block), self.particles)
-        strategy.check(address, d)
-        if in_block and strategy.uses_continuation:
-            inside = in_block if isinstance(in_block, str) else "ppl.vmap or ppl.scan"
-            raise ValueError(
-                f"{type(strategy).__name__.lower()} at address '{format_address(address)}' "
-                f"({name(d)}): continuation strategies are not available inside {inside}; "
-                "use reparam or reinforce there"
-            )
-        baseline = strategy.baseline
-        if baseline is not None and baseline.deferred and self.particles < 2:
-            raise ValueError(
-                f"leave_one_out baseline at address '{format_address(address)}' ({name(d)}) "
-                "needs particles >= 2: use objective.estimator(..., particles=K)"
-            )
-        if baseline is not None and baseline.stateful:
-            self.stateful[format_address(address)] = baseline
-        return strategy
-
-    def resolve_log_expectation(self, address: Address) -> LogExpectationEstimator:
-        """The estimator chosen for the ``log_expectation`` term at ``address``."""
-        where = f"log_expectation at address '{format_address(address)}'"
-        estimator = self.strategies.get(address)
-        if estimator is None:
-            raise ValueError(
-                f"{where}: the log of an expectation has no unbiased gradient, so choose its "
-                "estimator: strategies={'%s': T.compositional(gamma) | T.self_normalized_bound() "
-                "| T.naive()}" % format_address(address)
-            )
-        self.used.add(address)
-        if not isinstance(estimator, LogExpectationEstimator):
-            raise ValueError(
-                f"{where}: {type(estimator).__name__} is a sample-site strategy; use "
-                "T.compositional, T.self_normalized_bound or T.naive"
-            )
-        if estimator.stateful:
-            self.stateful[format_address(address)] = estimator
-        return estimator
-
-    def estimator_state(self, address: Address, estimator: Any, kind: str = "estimator") -> Any:
-        """The state of a stateful baseline or log-expectation estimator (stopped gradient)."""
-        key = format_address(address)
-        if self.state is None or key not in self.state:
-            raise ValueError(
-                f"address '{key}' has a stateful {kind} ({type(estimator).__name__.strip('_')}): "
-                "create the state with estimator.init(*args) and pass state=... to value_and_grad"
-            )
-        return jax.tree_util.tree_map(sg, self.state[key])
-
-    def baseline_value(self, address: Address, strategy: Strategy) -> jax.Array:
-        baseline = strategy.baseline
-        if baseline is None or baseline.deferred:
-            return jnp.zeros(())
-        if not baseline.stateful:
-            return baseline.value((), self.args)
-        return sg(baseline.value(self.estimator_state(address, baseline, "baseline"), self.args))
+__all__ = ["Config", "EstimatorHandler", "ScopeResult", "run_scope"]
 
 
 class _Replace(Exception):
@@ -127,15 +48,40 @@ class _Replace(Exception):
 
 
 @dataclasses.dataclass
+class Deferred:
+    """A score-function site whose baseline needs the other particles (``leave_one_out``).
+
+    ``weight`` multiplies its surrogate (continuation weights of enclosing ``enum`` sites);
+    the site's arrays carry any block axes, and gain the particle axis when they leave the
+    particles' ``jax.vmap``.
+    """
+
+    site: SiteEntry
+    downstream: jax.Array
+    weight: jax.Array
+
+
+jax.tree_util.register_pytree_node(
+    Deferred,
+    lambda d: (
+        (d.site.value, d.site.log_prob, d.site.dist_leaves, d.site.key, d.downstream, d.weight),
+        (d.site.address, d.site.strategy, d.site.dist_tree),
+    ),
+    lambda static, ch: Deferred(
+        SiteEntry(static[0], static[1], ch[0], ch[1], ch[2], static[2], ch[3]), ch[4], ch[5]
+    ),
+)
+
+
+@dataclasses.dataclass
 class Aux:
     """Terms a scope cannot finish by itself.
 
-    ``deferred``: ``(weight, log_prob, downstream)`` of leave-one-out sites, whose
-    baselines need the other particles; ``stats``: ``(address, downstream)`` for
-    stateful baseline updates.
+    ``deferred``: leave-one-out sites (:class:`Deferred`), whose baselines need the other
+    particles; ``stats``: ``(address, downstream)`` for stateful baseline updates.
     """
 
-    deferred: list[tuple[jax.Array, jax.Array, jax.Array]] = dataclasses.field(default_factory=list)
+    deferred: list[Deferred] = dataclasses.field(default_factory=list)
     stats: list[tuple[str, jax.Array]] = dataclasses.field(default_factory=list)
 
     def extend(self, other: Aux) -> None:
@@ -150,8 +96,60 @@ jax.tree_util.register_pytree_node(
 )
 
 
+def per_element(strategy: Strategy, entry: SiteEntry, downstream: jax.Array, baseline: Any) -> jax.Array:
+    """``Σ strategy.surrogate(site)`` over the elements of a block site (leading axes of ``downstream``).
+
+    Each element's :class:`Site` has that element's distribution, key, value, log density,
+    downstream cost and baseline (``baseline`` is broadcast to the block's shape).
+    """
+    baseline = jnp.broadcast_to(baseline, downstream.shape)
+
+    def one(leaves: Any, key: Any, value: Any, log_prob: Any, k: Any, b: Any) -> jax.Array:
+        dist = jax.tree_util.tree_unflatten(entry.dist_tree, leaves)
+        return strategy.surrogate(Site(entry.address, dist, key, value, log_prob, k, b))
+
+    fn = one
+    for _ in range(downstream.ndim):
+        fn = jax.vmap(fn)
+    return jnp.sum(fn(entry.dist_leaves, entry.key, entry.value, entry.log_prob, downstream, baseline))
+
+
+def finish_deferred(deferred: list[Deferred], particles: int) -> jax.Array:
+    """The surrogate of leave-one-out sites after the particles' ``jax.vmap`` (leading axis).
+
+    Particle ``k``'s baseline is the mean downstream cost of the others, independent of its
+    own draw; its surrogate (by its strategy) is weighted and averaged over particles.
+    """
+    out = jnp.zeros(())
+    for d in deferred:
+        b = leave_one_out_mean(d.downstream, axis=0)
+        terms = per_element_weighted(d, b)
+        out = out + terms / particles
+    return out
+
+
+def per_element_weighted(d: Deferred, baseline: jax.Array) -> jax.Array:
+    """``Σ weight · surrogate`` over the particle (and block) axes of a deferred site."""
+    entry, strategy = d.site, d.site.strategy
+    weight = jnp.broadcast_to(d.weight, d.downstream.shape)
+    baseline = jnp.broadcast_to(baseline, d.downstream.shape)
+
+    def one(leaves: Any, key: Any, value: Any, log_prob: Any, k: Any, b: Any, w: Any) -> jax.Array:
+        dist = jax.tree_util.tree_unflatten(entry.dist_tree, leaves)
+        return w * strategy.surrogate(Site(entry.address, dist, key, value, log_prob, k, b))
+
+    fn = one
+    for _ in range(d.downstream.ndim):
+        fn = jax.vmap(fn)
+    return jnp.sum(
+        fn(entry.dist_leaves, entry.key, entry.value, entry.log_prob, d.downstream, baseline, weight)
+    )
+
+
 class EstimatorHandler(Handler):
     """Draws sites by strategy and records the ledger of one scope run."""
+
+    kind = "objective"
 
     def __init__(
         self,
@@ -184,6 +182,8 @@ class EstimatorHandler(Handler):
         # Counter for hidden addresses (shared with block children, which may
         # share this namespace; replays restart it, so names are deterministic).
         self.hidden_counter = [0]
+        # Positive while sampling without differentiating the sampler (shared with block children).
+        self.frozen = [0]
 
     def next_key(self) -> jax.Array:
         key = jax.random.fold_in(self.key, self.counter)
@@ -195,6 +195,15 @@ class EstimatorHandler(Handler):
         count = self.hidden_counter[0]
         self.hidden_counter[0] += 1
         return (f"{name}{count}",) if count else (name,)
+
+    @contextlib.contextmanager
+    def frozen_scope(self) -> Iterator[None]:
+        """Sites sampled inside are drawn without a strategy: no gradient, no surrogate term."""
+        self.frozen[0] += 1
+        try:
+            yield
+        finally:
+            self.frozen[0] -= 1
 
     @contextlib.contextmanager
     def hidden_scope(self, name: str) -> Iterator[None]:
@@ -211,26 +220,30 @@ class EstimatorHandler(Handler):
 
     def sample(self, addr: Address, d: Any) -> Any:
         full = self.claim(addr, name(d))
+        ok = check_parameters(self.base + full, d)
         key = self.next_key()
         if full in self.observed:
-            value = check_value(full, d, self.observed[full], "the value given to generate")
-            lp = site_log_prob(d, value)
-            self.entries.append(SiteEntry(full, None, value, lp))
+            value, given_ok = check_value(
+                self.base + full, d, self.observed[full], "the value given to generate"
+            )
+            ok = ok & given_ok
+            lp = poison(site_log_prob(d, value), ok)
+            self.entries.append(SiteEntry(full, None, value, lp, ok=ok))
             self._record(full, value, lp, observed=True)
             return value
         if full in self.subst:
             value = self.subst[full]
-            lp = site_log_prob(d, value)
-            self.entries.append(SiteEntry(full, None, value, lp))
-        elif self.config.plain:
-            value = sg(d.sample(key))
-            lp = site_log_prob(d, value)
-            self.entries.append(SiteEntry(full, None, value, lp))
+            lp = poison(site_log_prob(d, value), ok)
+            self.entries.append(SiteEntry(full, None, value, lp, ok=ok))
+        elif self.config.plain or self.frozen[0]:
+            value = poison(sg(d.sample(key)), ok)
+            lp = poison(site_log_prob(d, value), ok)
+            self.entries.append(SiteEntry(full, None, value, lp, ok=ok))
         else:
             strategy = self.config.resolve(self.base + full, d, self.in_block)
-            value = strategy.draw(key, d)
-            lp = site_log_prob(d, value)
-            self.entries.append(SiteEntry(full, strategy, value, lp, d, key))
+            value = poison(strategy.draw(key, d), ok)
+            lp = poison(site_log_prob(d, value), ok)
+            self.entries.append(SiteEntry.of(full, strategy, value, lp, d, key, ok))
             if strategy.replaces_continuation:
                 raise _Replace()
         self._record(full, value, lp)
@@ -259,6 +272,7 @@ class EstimatorHandler(Handler):
         child = EstimatorHandler(keys, given, self.config, in_block=True, base=self._block_base)
         child.observed = observed
         child.hidden_counter = self.hidden_counter
+        child.frozen = self.frozen
         return child
 
     def discovery_child(self, key: jax.Array) -> EstimatorHandler:
@@ -377,28 +391,29 @@ def run_scope(
         view = _site_view(program, args, key, subst, config, entries, len(entries) - 1, aux)
         rest = site.strategy.rest(view)
         sampled_rest = view.continuation_value(site.value[None])[0]
-    value = sg(costs) + sampled_rest
+    # A failed check (traced) makes the value NaN, whatever the program does with the site.
+    value = poison(sg(costs) + sampled_rest, checks_held(entries))
     surrogate = costs + rest
     if config.plain:
         return ScopeResult(value, surrogate, aux, entries)
+    top_level = {id(e): i for i, e in enumerate(entries)}
     for site, downstream in downstream_costs(entries, sg(rest)):
-        if site.strategy.replaces_continuation:
+        strategy = site.strategy
+        if strategy.replaces_continuation:
             continue
-        baseline = site.strategy.baseline
+        baseline = strategy.baseline
         if baseline is not None and baseline.deferred:
-            lp = site.log_prob
-            aux.deferred.append((jnp.ones_like(downstream), lp, sg(downstream)))
+            aux.deferred.append(Deferred(site, sg(downstream), jnp.ones_like(downstream)))
             continue
         if baseline is not None and baseline.stateful:
             aux.stats.append((format_address(site.address), sg(downstream)))
-        b = config.baseline_value(site.address, site.strategy)
-        if site.dist is not None:
-            index = next(i for i, e in enumerate(entries) if e is site)
-            view = _site_view(program, args, key, subst, config, entries, index, aux)
+        b = config.baseline_value(site.address, strategy)
+        if id(site) in top_level:
+            view = _site_view(program, args, key, subst, config, entries, top_level[id(site)], aux)
             view.downstream, view.baseline = downstream, b
+            surrogate = surrogate + strategy.surrogate(view)
         else:
-            view = Site(site.address, None, None, site.value, site.log_prob, downstream, b)
-        surrogate = surrogate + site.strategy.surrogate(view)
+            surrogate = surrogate + per_element(strategy, site, downstream, b)
     return ScopeResult(value, surrogate, aux, entries)
 
 
@@ -432,9 +447,9 @@ def _site_view(
                     f"address '{format_address(site.address)}': the continuation has "
                     "leave-one-out or stateful baselines; pass weights to continuation()"
                 )
-            for w, lp, d in inner.deferred:
-                factor = weights.reshape(weights.shape + (1,) * (w.ndim - 1))
-                aux.deferred.append((w * factor, lp, d))
+            for d in inner.deferred:
+                factor = weights.reshape(weights.shape + (1,) * (d.weight.ndim - 1))
+                aux.deferred.append(dataclasses.replace(d, weight=d.weight * factor))
             aux.stats.extend(inner.stats)
         return rests
 

@@ -19,7 +19,7 @@ import abc
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -37,14 +37,18 @@ sg = jax.lax.stop_gradient
 
 @dataclasses.dataclass
 class Site:
-    """What a strategy's rule sees at one sample site (see module docstring).
+    """What a strategy's rule sees at one sample site (see the module docstring).
 
-    ``continuation(values, weights)`` returns, for each of ``values`` (leading
-    axis), the surrogate of the rest of the scope with the site set to that
-    value; ``weights`` (same leading axis, carrying gradients) are the factors
-    the caller multiplies those surrogates by, so deferred terms of later sites
-    (leave-one-out baselines) are kept. ``continuation_value(values)`` returns
-    the plain Monte Carlo value of the rest of the scope (no gradients).
+    ``dist`` is the site's distribution and ``key`` the key it was drawn with, everywhere:
+    inside ``ppl.vmap``/``ppl.scan`` blocks and particle blocks too, where the rule is
+    applied once per element (``jax.vmap`` over the block's axes), so ``dist``, ``value``,
+    ``log_prob`` and ``downstream`` are those of one element. ``continuation(values,
+    weights)`` returns, for each of ``values`` (leading axis), the surrogate of the rest of
+    the scope with the site set to that value; ``weights`` (same leading axis, carrying
+    gradients) are the factors the caller multiplies those surrogates by, so deferred terms
+    of later sites (leave-one-out baselines) are kept. ``continuation_value(values)``
+    returns the plain Monte Carlo value of the rest of the scope (no gradients). Both are
+    ``None`` inside blocks, where the rest of the scope cannot be re-run per element.
     """
 
     address: Address
@@ -62,22 +66,30 @@ class Site:
         return f"address '{format_address(self.address)}' ({name(self.dist)})"
 
 
-class Strategy:
-    """Base class for gradient strategies.
+class Strategy(abc.ABC):  # noqa: B024 - every rule has a default; subclasses override some
+    """Base class for gradient strategies: one rule per sample site.
 
-    Subclasses override :meth:`draw` and one of :meth:`surrogate` (a zero-valued
-    term added to the scope's surrogate) or, with ``replaces_continuation = True``,
-    :meth:`rest` (a surrogate for the whole rest of the scope, which replaces the
-    sampled continuation: its gradient must be unbiased for the gradient of the
-    rest's expectation, and its value unbiased for that expectation). The value
-    the estimator reports is always the plain Monte Carlo value.
+    A strategy defines :meth:`draw` (the value the program sees) and either
+    :meth:`surrogate` (a zero-valued term added to the scope's surrogate, whose gradient is
+    the site's contribution) or, with ``replaces_continuation = True``, :meth:`rest` (a
+    surrogate for the whole rest of the scope, replacing the sampled continuation: its
+    gradient must be unbiased for the gradient of the rest's expectation, and its value
+    unbiased for that expectation). ``uses_continuation`` strategies need
+    ``site.continuation``/``continuation_value`` and are refused inside blocks.
+    :meth:`check` refuses distributions the rule does not fit. The value the estimator
+    reports is always the plain Monte Carlo value. Score-function rules should subclass
+    :class:`ScoreFunction`, which owns baselines.
     """
 
-    replaces_continuation = False
-    uses_continuation = False
-    baseline: Baseline | None = None
+    replaces_continuation: ClassVar[bool] = False
+    uses_continuation: ClassVar[bool] = False
+    #: The drawn value carries the gradient along its sampling path, and the rule adds no
+    #: surrogate term (what DReG's identity needs).
+    pathwise: ClassVar[bool] = False
+    #: The baseline of a score-function rule (``None``: the rule has none).
+    baseline = None
 
-    def check(self, address: Address, d: nd.Distribution) -> None:
+    def check(self, address: Address, d: nd.Distribution) -> None:  # noqa: B027 - fits every site
         """Raise a clear error if the strategy does not fit the distribution."""
 
     def draw(self, key: jax.Array, d: nd.Distribution) -> jax.Array:
@@ -85,10 +97,48 @@ class Strategy:
         return sg(d.sample(key))
 
     def surrogate(self, site: Site) -> jax.Array:
+        """A zero-valued term; its gradient is the site's contribution (default: none)."""
         return jnp.zeros(())
 
-    def rest(self, site: Site) -> jax.Array:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def rest(self, site: Site) -> jax.Array:
+        """With ``replaces_continuation``: the surrogate of the rest of the scope."""
+        raise TypeError(f"{type(self).__name__} does not replace the continuation")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreFunction(Strategy):
+    """Base class of score-function rules: ``(signal − b) ∇θ log p(x; θ)`` with a baseline ``b``.
+
+    The surrogate is ``stop_gradient(signal − b) · (log p(x; θ) − stop_gradient(log p))``;
+    ``signal(site)`` defaults to the downstream cost (causal Rao-Blackwellization), and ``b``
+    comes from ``baseline`` (``none``, ``constant``, ``running_average``, ``leave_one_out``
+    across particles, ``learned``), which the estimator evaluates, updates and pools across
+    particles for every subclass alike: inside blocks, particle blocks and
+    :func:`~ppl.transforms.log_expectation` terms. Unbiased whenever ``E[signal ∇ log p]``
+    is the gradient of the site's expected cost and ``b`` does not depend on ``x``.
+    """
+
+    baseline: Baseline = dataclasses.field(default_factory=no_baseline)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.baseline, Baseline):
+            raise TypeError(f"{type(self).__name__}: baseline must be a Baseline, got {self.baseline!r}")
+
+    def check(self, address: Address, d: nd.Distribution) -> None:
+        if _support_depends_on_inputs(d):
+            raise ValueError(
+                f"{type(self).__name__.lower()} at address '{format_address(address)}': the support "
+                f"of {name(d)} depends on traced parameters, and the score function misses the "
+                "boundary term of such a gradient; use reparam there"
+            )
+
+    def signal(self, site: Site) -> jax.Array:
+        """The cost multiplying the score (default: the site's downstream cost)."""
+        return site.downstream
+
+    def surrogate(self, site: Site) -> jax.Array:
+        lp = site.log_prob
+        return jnp.sum(sg(self.signal(site) - site.baseline) * (lp - sg(lp)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +150,8 @@ class Reparam(Strategy):
     differentiates the CDF implicitly). Unbiased when the continuation is
     differentiable in x almost everywhere.
     """
+
+    pathwise: ClassVar[bool] = True
 
     def check(self, address: Address, d: nd.Distribution) -> None:
         if is_discrete(d) or not getattr(d, "has_rsample", False):
@@ -114,7 +166,7 @@ class Reparam(Strategy):
 
 
 @dataclasses.dataclass(frozen=True)
-class Reinforce(Strategy):
+class Reinforce(ScoreFunction):
     """Score function: adds ``stop_gradient(k − b) · (log p(x; θ) − stop_gradient(log p))``.
 
     Its gradient is ``(k − b) ∇θ log p(x; θ)`` with ``k`` the downstream cost
@@ -124,20 +176,6 @@ class Reinforce(Strategy):
     example ``Uniform(low, high)`` with learned bounds) is rejected, since the
     score function misses the boundary term there.
     """
-
-    baseline: Baseline = dataclasses.field(default_factory=no_baseline)
-
-    def check(self, address: Address, d: nd.Distribution) -> None:
-        if _support_depends_on_inputs(d):
-            raise ValueError(
-                f"reinforce at address '{format_address(address)}': the support of {name(d)} "
-                "depends on traced parameters, and the score function misses the boundary "
-                "term of such a gradient; use reparam there"
-            )
-
-    def surrogate(self, site: Site) -> jax.Array:
-        lp = site.log_prob
-        return jnp.sum(sg(site.downstream - site.baseline) * (lp - sg(lp)))
 
 
 def _support_depends_on_inputs(d: nd.Distribution) -> bool:
@@ -219,26 +257,62 @@ class MVD(Strategy):
 
 @dataclasses.dataclass(frozen=True)
 class Auto(Strategy):
-    """Per site: reparam when possible, enum for small finite supports, else reinforce.
+    """The default policy, per site, in order:
 
-    ``reparam`` if the distribution is continuous with a reparameterized
-    sampler; ``enum`` if its joint support has at most ``max_enumeration``
-    values and the site is not inside ``ppl.vmap``/``ppl.scan``; otherwise
-    ``reinforce`` with a leave-one-out baseline when the estimator runs
-    ``particles ≥ 2``, and no baseline otherwise.
+    1. ``reparam`` if the distribution is continuous with a reparameterized sampler;
+    2. ``enum`` if its support is finite, the site is not inside ``ppl.vmap``/``ppl.scan``
+       or a particle block, and the *total* enumeration cost stays within
+       ``max_enumeration``: enumerated sites multiply (each value of one re-runs the rest
+       of the scope, later enumerated sites included), so the product of their support
+       sizes is the number of continuations;
+    3. otherwise the score function, with a leave-one-out baseline when the estimator runs
+       ``particles ≥ 2`` and no baseline otherwise. A site that must fall back from
+       enumeration, or gets no baseline, is named in a warning (once per estimator).
+
+    ``estimator.explain(params, *data)`` shows what each site got and why.
     """
 
     max_enumeration: int = 64
 
-    def resolve(self, address: Address, d: nd.Distribution, in_block: bool, particles: int) -> Strategy:
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_enumeration, int) or self.max_enumeration < 1:
+            raise ValueError(f"auto: max_enumeration must be a positive int, got {self.max_enumeration!r}")
+
+    def choose(
+        self, address: Address, d: nd.Distribution, in_block: bool | str, particles: int, cost: int
+    ) -> tuple[Strategy, str, str | None]:
+        """``(strategy, rule, note)`` for a site given the enumeration ``cost`` so far; ``note`` is
+        ``"over budget"`` or ``"no baseline"`` when the choice deserves a warning, else ``None``."""
         if getattr(d, "has_rsample", False) and not is_discrete(d):
-            return Reparam()
-        if not in_block and getattr(d, "has_enumerate_support", False):
-            k = d.enumerate_support(expand=False).shape[0]
-            size = math.prod(d.batch_shape)
-            if k**size <= min(self.max_enumeration, MAX_ENUMERATION):
-                return Enum()
-        return Reinforce(leave_one_out() if particles >= 2 else no_baseline())
+            return Reparam(), "continuous, reparameterized sampler", None
+        if particles >= 2:
+            score, rule, note = (
+                Reinforce(leave_one_out()),
+                f"score function, leave-one-out across particles={particles}",
+                None,
+            )
+        else:
+            score, rule, note = Reinforce(no_baseline()), "score function without a baseline", "no baseline"
+        if not getattr(d, "has_enumerate_support", False):
+            return score, f"no reparameterized sampler, infinite support: {rule}", note
+        size = support_size(d)
+        if in_block:
+            inside = in_block if isinstance(in_block, str) else "a ppl.vmap/ppl.scan block"
+            return score, f"finite support inside {inside} (no continuation to enumerate): {rule}", note
+        total = cost * size
+        if size <= MAX_ENUMERATION and total <= self.max_enumeration:
+            return (
+                Enum(),
+                f"finite support of {size} values, enumeration cost {total} <= {self.max_enumeration}",
+                None,
+            )
+        return score, f"enumeration cost {total} > {self.max_enumeration}: {rule}", "over budget"
+
+
+def support_size(d: nd.Distribution) -> int:
+    """The number of joint values of a finite-support site (its elements' supports multiplied)."""
+    k = d.enumerate_support(expand=False).shape[0]
+    return k ** math.prod(d.batch_shape)
 
 
 def reparam() -> Strategy:
@@ -262,7 +336,7 @@ def mvd() -> Strategy:
 
 
 def auto(max_enumeration: int = 64) -> Strategy:
-    """The default policy; see :class:`Auto`."""
+    """The default policy; see :class:`Auto` (``max_enumeration`` bounds the total cost)."""
     return Auto(max_enumeration)
 
 

@@ -51,16 +51,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
 import numpy as np
-from ppl.models._records import machine_info, write_json
+from ppl.models._records import machine_info
 from ppl.models.partseg import data, em, metrics, pipeline, postprocess
 from ppl.models.partseg.masks import NOISE_LEVELS, MaskNoise
 from ppl.models.partseg.types import CATEGORIES, PART_CLASSES
+
+from ppl import transforms as T
 
 #: The ``--quick`` preset (CI): shapes, seeds, resolution, rows.
 QUICK = {"shapes": 4, "seeds": 1, "resolution": 160, "variants": ("heuristic", "em-hard", "truth")}
@@ -429,7 +432,12 @@ def run(
     log: Callable[[str], None] | None = print,
     noise: str = "mild",
 ) -> dict[str, Any]:
-    """The whole benchmark; returns the record (see :func:`main` for the options)."""
+    """The whole benchmark; returns the record (see :func:`main` for the options).
+
+    ``json_path`` is checked before anything runs and written as strict JSON, atomically.
+    """
+    if json_path:
+        T.check_output_path(json_path, "--json")
     mask_noise = MaskNoise.level(noise)
     record: dict[str, Any] = {
         "config": {
@@ -467,7 +475,7 @@ def run(
                     blocks.append(partial)
                     record["seconds"]["total"] = time.perf_counter() - start
                     _finish(record)
-                    write_json(record, json_path)
+                    T.write_json(record, json_path)
                     blocks.pop()
 
                 block = run_block(
@@ -494,7 +502,7 @@ def run(
                 if json_path:
                     record["seconds"]["total"] = time.perf_counter() - start
                     _finish(record)
-                    write_json(record, json_path)
+                    T.write_json(record, json_path)
     finally:
         if bar is not None:
             bar.close()
@@ -502,13 +510,74 @@ def run(
     record["complete"] = True
     _finish(record)
     if json_path:
-        write_json(record, json_path)
+        T.write_json(record, json_path)
     return record
 
 
 # -- entry point --------------------------------------------------------------------------------
-def _split(text: str) -> list[str]:
-    return [s.strip() for s in text.split(",") if s.strip()]
+def positive_int(text: str) -> int:
+    """An argparse type: an integer ≥ 1."""
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def nonnegative_int(text: str) -> int:
+    """An argparse type: an integer ≥ 0."""
+    return _int_at_least(text, 0, "a non-negative integer")
+
+
+def render_resolution(text: str) -> int:
+    """An argparse type: a render resolution, an integer ≥ 8."""
+    return _int_at_least(text, 8, "an integer ≥ 8")
+
+
+def _int_at_least(text: str, low: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def name_list(known: Sequence[str], what: str, plural: str | None = None) -> Callable[[str], list[str]]:
+    """An argparse type: comma-separated names from ``known``, at least one, each once."""
+    plural = plural or f"{what}(s)"
+
+    def parse(text: str) -> list[str]:
+        names = [s.strip() for s in text.split(",")]
+        if not any(names) or any(not n for n in names):
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {what} names (no empty entries), got {text!r}; "
+                f"choose from {', '.join(known)}"
+            )
+        bad = [n for n in names if n not in known]
+        if bad:
+            raise argparse.ArgumentTypeError(
+                f"unknown {plural} {', '.join(bad)}; choose from {', '.join(known)}"
+            )
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise argparse.ArgumentTypeError(f"{plural} named more than once: {', '.join(repeated)}")
+        return names
+
+    return parse
+
+
+def result_problems(record: dict[str, Any]) -> list[str]:
+    """Why a finished record holds no usable result: no category ran, or a row's AP50 or mIoU
+    is missing or non-finite in some category (empty list when the record is fine)."""
+    ran = _ran(record)
+    if not ran:
+        return ["no category ran"]
+    problems = []
+    for category, cat in ran.items():
+        for name, row in cat["summary"]["variants"].items():
+            for metric in ("AP50", "mIoU"):
+                mean = row[metric]["mean"]
+                if mean is None or not math.isfinite(mean):
+                    problems.append(f"{category} {name} {metric}")
+    return problems
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -517,27 +586,47 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "on generated shapes (AP50, mIoU, seconds per shape)."
     )
     parser.add_argument("--quick", action="store_true", help="CI-sized run: 4 shapes × 1 seed, 160², 3 rows")
-    parser.add_argument("--shapes", type=int, default=None, help="shapes per category and seed (default 50)")
-    parser.add_argument("--seeds", type=int, default=None, help="data seeds (default 3)")
-    parser.add_argument("--first-seed", type=int, default=0, help="seeds run first-seed … first-seed+N−1")
-    parser.add_argument("--resolution", type=int, default=None, help="render resolution (default 160)")
+    parser.add_argument(
+        "--shapes", type=positive_int, default=None, help="shapes per category and seed (default 50)"
+    )
+    parser.add_argument("--seeds", type=positive_int, default=None, help="data seeds (default 3)")
+    parser.add_argument(
+        "--first-seed", type=nonnegative_int, default=0, help="seeds run first-seed … first-seed+N−1"
+    )
+    parser.add_argument(
+        "--resolution", type=render_resolution, default=None, help="render resolution, ≥ 8 (default 160)"
+    )
     parser.add_argument(
         "--noise",
         default="mild",
         choices=NOISE_LEVELS,
         help="mask noise preset (MaskNoise.level; default: mild)",
     )
-    parser.add_argument("--categories", default=",".join(CATEGORIES))
-    parser.add_argument("--variants", default=None, help=f"rows (default all: {','.join(pipeline.VARIANTS)})")
+    parser.add_argument(
+        "--categories",
+        type=name_list(CATEGORIES, "category", "category(ies)"),
+        default=list(CATEGORIES),
+        help="comma-separated",
+    )
+    parser.add_argument(
+        "--variants",
+        type=name_list(tuple(pipeline.VARIANTS), "variant"),
+        default=None,
+        help=f"rows, comma-separated (default all: {','.join(pipeline.VARIANTS)})",
+    )
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--json", default=None, help="write the record here (rewritten after each block)")
     parser.add_argument("--report", default=None, help="print the tables of a JSON record and exit")
     args = parser.parse_args(argv)
 
     if args.report:
-        with open(args.report) as f:
-            record = json.load(f)
-        print(format_report(record))
+        try:
+            with open(args.report) as f:
+                record = json.load(f)
+            text = format_report(record)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            parser.error(f"--report {args.report!r}: not a readable benchmark record ({e})")
+        print(text)
         if not record.get("complete", True):
             print("(partial record: the run stopped before its end)")
         return record
@@ -546,19 +635,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     shapes = preset["shapes"] if args.shapes is None else args.shapes
     seeds = preset["seeds"] if args.seeds is None else args.seeds
     resolution = preset["resolution"] if args.resolution is None else args.resolution
-    variants = list(preset["variants"]) if args.variants is None else _split(args.variants)
-    categories = _split(args.categories)
-    bad = [c for c in categories if c not in PART_CLASSES]
-    if bad:
-        parser.error(f"unknown category(ies) {', '.join(bad)}; choose from {', '.join(CATEGORIES)}")
-    bad = [v for v in variants if v not in pipeline.VARIANTS]
-    if bad:
-        parser.error(f"unknown variant(s) {', '.join(bad)}; choose from {', '.join(pipeline.VARIANTS)}")
-    if shapes < 1 or seeds < 1 or resolution < 8:
-        parser.error("--shapes and --seeds must be ≥ 1 and --resolution ≥ 8")
+    variants = list(preset["variants"]) if args.variants is None else args.variants
+    if args.json:
+        try:
+            T.check_output_path(args.json, "--json")
+        except ValueError as e:
+            parser.error(str(e))
 
     record = run(
-        categories,
+        args.categories,
         shapes,
         seeds,
         resolution,
@@ -572,4 +657,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(format_report(record))
     m = record["machine"]
     print(f"\ntotal {record['seconds']['total']:.0f} s on {m['device']} ({m['usable_cpus']} usable CPUs)")
+    problems = result_problems(record)
+    if problems:
+        raise SystemExit(f"error: no finite result for {', '.join(problems)}")
     return record

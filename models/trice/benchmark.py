@@ -20,7 +20,13 @@ hard split; its gradient variance is ≥ 5× below the basic estimator's once ac
 
 Run: ``python -m ppl.models.trice [--quick] [--task chain-sum|pointer] [--steps N] [--seeds N]
 [--train-questions N] [--batch-size M] [--mode full|soft_prompt] [--learning-rate LR]
-[--methods trice-cv,star,...] [--json PATH] [--figures DIR] [--report PATH]``. The default is
+[--methods trice-cv,star,...] [--json PATH] [--figures DIR] [--checkpoints DIR] [--report PATH]``.
+Flags are checked before anything runs (positive counts, a finite positive learning rate, known
+and distinct method names, writable output paths); ``--checkpoints DIR`` keeps one checkpoint
+per method and seed (:func:`~ppl.models.trice.train.train`), so a stopped benchmark resumes
+where it stopped, and refuses a file of another configuration. The command exits non-zero with
+a message on misuse, on a checkpoint it cannot resume, on a diverged run, and on empty or
+non-finite results. The default is
 chain-sum, 1024 training and 600 held-out questions, full fine-tuning with Adam 1e-4 for 100
 steps of ``M = 64``, 3 seeds (about 10 minutes on 2 CPU cores); ``--quick`` is the CI-sized run
 (a small pretraining, 32 training questions, 6 steps, 1 seed); ``benchmarks/gpu_trice.sh`` runs a
@@ -32,6 +38,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -40,8 +47,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ppl.models._records import machine_info, write_json
+from ppl.models._records import machine_info
 from ppl.models.trice import pretrain, tasks, train, trice
+
+from ppl import transforms as T
 
 HARD_K = 6
 TARGET_VARIANCE_RATIO = 5.0
@@ -116,8 +125,18 @@ def run(
     preset: dict[str, Any],
     log: Any = print,
     json_path: str | None = None,
+    checkpoints: str | None = None,
 ) -> dict[str, Any]:
-    """The whole benchmark; returns the record."""
+    """The whole benchmark; returns the record.
+
+    ``json_path``: rewritten (strict JSON, atomically) after every seed and at the end.
+    ``checkpoints``: an existing folder for one checkpoint per method and seed
+    (:func:`checkpoint_path`); runs resume from them.
+    """
+    if json_path:
+        T.check_output_path(json_path, "--json")
+    if checkpoints is not None:
+        check_folder(checkpoints, "--checkpoints", create=False)
     config = preset["config"]
     record: dict[str, Any] = {
         "config": {
@@ -152,7 +171,10 @@ def run(
             probe = None
             if seed == 0 and method == "trice-cv":
                 probe = variance_probe(config, preset["redraws"], train_split, variance_points(config))
-            result = train.train(method, base, train_split, heldout, config, seed=seed, on_eval=probe)
+            path = checkpoint_path(checkpoints, task, method, seed) if checkpoints is not None else None
+            result = train.train(
+                method, base, train_split, heldout, config, seed=seed, checkpoint=path, on_eval=probe
+            )
             final = result.history[-1]
             record["runs"][method].append(
                 {
@@ -171,12 +193,58 @@ def run(
                 f"hard {hard_accuracy(final['heldout']):.3f}"
             )
         if json_path:
-            write_json(record, json_path)
+            T.write_json(record, json_path)
     record["seconds"] = time.perf_counter() - start
     record["summary"] = summarize(record)
     if json_path:
-        write_json(record, json_path)
+        T.write_json(record, json_path)
     return record
+
+
+def checkpoint_path(folder: str, task: str, method: str, seed: int) -> str:
+    """The checkpoint of one run of the benchmark in ``folder``."""
+    return os.path.join(folder, f"trice-{task}-{method}-seed{seed}.npz")
+
+
+def check_folder(path: str, what: str, create: bool = True) -> str:
+    """Fail now if ``path`` cannot be an output folder: not a file, and either an existing
+    writable folder or (``create``) a new one inside an existing folder, created here."""
+    if not path:
+        raise ValueError(f"{what}: the folder name is empty")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{what} {path!r} is a file, not a folder")
+    if not os.path.isdir(path):
+        if not create:
+            raise ValueError(f"{what} {path!r}: no such folder (create it first)")
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise ValueError(f"{what} {path!r}: the folder {parent!r} does not exist")
+        try:
+            os.mkdir(path)
+        except OSError as e:
+            raise ValueError(f"{what} {path!r}: cannot create it ({e.strerror})") from e
+    T.check_output_path(os.path.join(path, "write-check"), what)
+    return path
+
+
+def nonfinite(record: dict[str, Any]) -> list[str]:
+    """The paths of the non-finite numbers among a record's results (base model, every run's
+    history, the variance rows)."""
+    found: list[str] = []
+
+    def walk(obj: Any, path: str) -> None:
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(v, f"{path}.{k}")
+        elif isinstance(obj, list | tuple):
+            for i, v in enumerate(obj):
+                walk(v, f"{path}[{i}]")
+        elif isinstance(obj, float) and not math.isfinite(obj):
+            found.append(path.lstrip("."))
+
+    for key in ("base", "runs", "variance"):
+        walk(record.get(key), key)
+    return found
 
 
 def summarize(record: dict[str, Any]) -> dict[str, Any]:
@@ -202,7 +270,7 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
     curve = record.get("variance")
     if curve:
         high = [r for r in curve if r["acceptance"] > TARGET_ACCEPTANCE]
-        out["variance_ratio_high_acceptance"] = [r["basic"] / r["control_variate"] for r in high]
+        out["variance_ratio_high_acceptance"] = [_ratio(r["basic"], r["control_variate"]) for r in high]
         out["variance_met"] = bool(high) and all(
             x >= TARGET_VARIANCE_RATIO for x in out["variance_ratio_high_acceptance"]
         )
@@ -255,7 +323,7 @@ def format_report(record: dict[str, Any]) -> str:
         for r in record["variance"]:
             lines.append(
                 f"{r['step']:>6}{r['acceptance']:>9.3f}{r['basic']:>12.4g}{r['control_variate']:>12.4g}"
-                f"{r['subsampled']:>12.4g}{r['basic'] / r['control_variate']:>10.1f}"
+                f"{r['subsampled']:>12.4g}{_ratio(r['basic'], r['control_variate']):>10.1f}"
             )
     ms = {m: [r["step_ms"] for r in runs if r.get("step_ms")] for m, runs in record["runs"].items()}
     ms = {m: float(np.median(v)) for m, v in ms.items() if v}
@@ -279,6 +347,10 @@ def format_report(record: dict[str, Any]) -> str:
             f"[target ≥ {TARGET_VARIANCE_RATIO:g}: {'met' if summary['variance_met'] else 'NOT met'}]"
         )
     return "\n".join(lines)
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b != 0 else math.inf
 
 
 def _fmt(stat: dict[str, float] | None) -> str:
@@ -328,29 +400,91 @@ def plot(record: dict[str, Any], directory: str) -> list[str]:
     return paths
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {text!r}")
+    return value
+
+
+def method_list(text: str) -> list[str]:
+    """An argparse type: comma-separated names of :data:`~ppl.models.trice.train.METHODS`,
+    at least one, each once."""
+    names = [m.strip() for m in text.split(",")]
+    if not any(names) or any(not m for m in names):
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated method names (no empty entries), got {text!r}; "
+            f"choose from {', '.join(train.METHODS)}"
+        )
+    bad = [m for m in names if m not in train.METHODS]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"unknown method(s) {', '.join(bad)}; choose from {', '.join(train.METHODS)}"
+        )
+    repeated = sorted({m for m in names if names.count(m) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(f"method(s) named more than once: {', '.join(repeated)}")
+    return names
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description="TRICE vs STaR, rejection sampling, direct and gold tuning.")
     parser.add_argument("--quick", action="store_true", help="CI-sized run")
     parser.add_argument("--task", default="chain-sum", choices=tasks.TASKS)
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 100)")
-    parser.add_argument("--train-questions", type=int, default=None, help="training questions (default 1024)")
     parser.add_argument(
-        "--batch-size", type=int, default=None, help="M, rationales sampled per step (default 64)"
+        "--steps", type=positive_int, default=None, help="optimizer steps per run (default 100)"
+    )
+    parser.add_argument(
+        "--train-questions", type=positive_int, default=None, help="training questions (default 1024)"
+    )
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=None, help="M, rationales sampled per step (default 64)"
     )
     parser.add_argument(
         "--mode", default=None, choices=("full", "soft_prompt"), help="tuning mode (default full)"
     )
-    parser.add_argument("--learning-rate", type=float, default=None, help="Adam learning rate (default 1e-4)")
-    parser.add_argument("--seeds", type=int, default=None)
-    parser.add_argument("--methods", default=",".join(train.METHODS))
-    parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--learning-rate", type=positive_float, default=None, help="Adam learning rate (default 1e-4)"
+    )
+    parser.add_argument("--seeds", type=positive_int, default=None, help="seeds 0..N-1 (default 3)")
+    parser.add_argument(
+        "--methods",
+        type=method_list,
+        default=list(train.METHODS),
+        help=f"comma-separated (default all: {','.join(train.METHODS)})",
+    )
+    parser.add_argument("--json", default=None, help="write the record here (strict JSON)")
     parser.add_argument("--figures", default=None, help="write the learning-curve and variance figures here")
+    parser.add_argument(
+        "--checkpoints",
+        default=None,
+        help="an existing folder: one checkpoint per method and seed, resumed when present",
+    )
     parser.add_argument("--report", default=None, help="print the tables of a JSON record and exit")
     args = parser.parse_args(argv)
     if args.report:
-        with open(args.report) as f:
-            record = json.load(f)
-        print(format_report(record))
+        try:
+            with open(args.report) as f:
+                record = json.load(f)
+            text = format_report(record)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            parser.error(f"--report {args.report!r}: not a readable benchmark record ({e})")
+        print(text)
         return record
     preset = dict(QUICK if args.quick else DEFAULT)
     changes = {
@@ -364,16 +498,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     if args.train_questions is not None:
         preset["train"] = args.train_questions
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    bad = [m for m in methods if m not in train.METHODS]
-    if bad:
-        parser.error(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(train.METHODS)}")
+    methods = args.methods
     seeds = args.seeds or preset["seeds"]
-    record = run(args.task, methods, seeds, preset, json_path=args.json)
+    try:
+        for method in methods:
+            train.check_settings(method, preset["config"], preset["train"])
+        if args.json:
+            T.check_output_path(args.json, "--json")
+        if args.figures:
+            check_folder(args.figures, "--figures")
+        if args.checkpoints:
+            check_folder(args.checkpoints, "--checkpoints")
+    except ValueError as e:
+        parser.error(str(e))
+    try:
+        record = run(args.task, methods, seeds, preset, json_path=args.json, checkpoints=args.checkpoints)
+    except (train.CheckpointError, train.DivergedError) as e:
+        raise SystemExit(f"error: {e}") from None
     print()
     print(format_report(record))
     if args.figures:
         for path in plot(record, args.figures):
             print(f"wrote {path}")
     print(f"\ntotal {record['seconds']:.0f} s on {record['machine']['device']}")
+    if not record["summary"]["methods"]:
+        raise SystemExit("error: the run produced no results")
+    bad = nonfinite(record)
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise SystemExit(f"error: non-finite results: {shown}")
     return record

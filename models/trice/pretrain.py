@@ -21,9 +21,11 @@ model starts as the base model) are trained with Adam (warmup, cosine decay, cli
 ``chunk`` jitted steps per call. Defaults: 1500 steps of 64 sequences, about 1.5 minutes per
 task on 2 CPU cores; held-out accuracy falls with ``k``.
 
-:func:`load_or_pretrain` caches the parameters (``equinox.tree_serialise_leaves``) under
-``cache_dir`` (default: ``$PPL_CACHE`` or ``~/.cache/ppl-jax/trice``), keyed by task, seed and a
-hash of the configuration; a missing or unreadable file retrains.
+:func:`load_or_pretrain` caches the parameters under ``cache_dir`` (default: ``$PPL_CACHE`` or
+``~/.cache/ppl-jax/trice``), keyed by task, seed and a hash of the configuration, as one
+:func:`ppl.transforms.save_checkpoint` file (no pickle; a SHA-256 checksum; the task, seed and
+whole configuration as its identity); a missing file retrains, and so does one that fails its
+checks (corrupt, modified, or another configuration's), with a warning.
 
 Example:
     >>> import jax
@@ -43,15 +45,17 @@ import json
 import os
 import pathlib
 import time
+import warnings
 from typing import Any, NamedTuple
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from ppl.models.trice import tasks
 from ppl.models.trice import transformer as tf
+
+from ppl import transforms as T
 
 #: Bump when the data, model or training code changes what a configuration produces.
 FORMAT_VERSION = 2
@@ -259,21 +263,38 @@ def config_hash(task: str, config: PretrainConfig) -> str:
 def cache_path(task: str, seed: int, config: PretrainConfig = DEFAULT, cache_dir: Any = None) -> pathlib.Path:
     """Where :func:`load_or_pretrain` keeps the parameters of ``(task, seed, config)``."""
     root = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return root / f"{tasks.check_task(task)}-seed{seed}-{config_hash(task, config)}.eqx"
+    return root / f"{tasks.check_task(task)}-seed{seed}-{config_hash(task, config)}.npz"
 
 
-def load_params(path: pathlib.Path, config: tf.Config) -> tf.Params:
-    """Read parameters saved by :func:`save_params` (raises if the file is missing or unreadable)."""
-    like = tf.init(jax.random.key(0), config)
-    return eqx.tree_deserialise_leaves(path, like)
+def cache_identity(task: str, seed: int, config: PretrainConfig) -> dict[str, Any]:
+    """The identity a cached file must carry: format version, task, seed, whole configuration."""
+    return {
+        "kind": "ppl.models.trice.pretrain",
+        "version": FORMAT_VERSION,
+        "task": task,
+        "seed": int(seed),
+        "config": dataclasses.asdict(config),
+    }
 
 
-def save_params(path: pathlib.Path, params: tf.Params) -> None:
-    """Write parameters atomically (a temporary file, then a rename)."""
+def load_params(path: pathlib.Path, task: str, seed: int, config: PretrainConfig) -> tf.Params:
+    """Read parameters saved by :func:`save_params` for ``(task, seed, config)``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is unreadable, corrupt or modified (checksum), or of another task,
+            seed or configuration (:func:`ppl.transforms.load_checkpoint`'s message).
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no cached parameters at {os.fspath(path)!r}")
+    like = tf.init(jax.random.key(0), config.model)
+    return T.load_checkpoint(path, like, cache_identity(task, seed, config))
+
+
+def save_params(path: pathlib.Path, params: tf.Params, task: str, seed: int, config: PretrainConfig) -> None:
+    """Write parameters atomically with their identity and a checksum (the folder is created)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    eqx.tree_serialise_leaves(tmp, params)
-    os.replace(tmp, path)
+    T.save_checkpoint(path, params, cache_identity(task, seed, config))
 
 
 def load_or_pretrain(
@@ -285,16 +306,19 @@ def load_or_pretrain(
 ) -> tf.Params:
     """The pretrained parameters of ``(task, seed, config)``: from the cache, or trained and cached.
 
-    A missing, truncated or otherwise unreadable cache file is (re)trained and overwritten;
-    the training record (loss curve summary, wall time) goes beside it as JSON.
+    A missing cache file is trained and written; one that fails its checks (unreadable, corrupt,
+    modified, or of another configuration) is retrained and overwritten, with a warning. The
+    training record (loss curve summary, wall time) goes beside it as strict JSON.
     """
     path = cache_path(task, seed, config, cache_dir)
     try:
-        return load_params(path, config.model)
-    except Exception:  # missing or corrupted: retrain
+        return load_params(path, task, seed, config)
+    except FileNotFoundError:
         pass
+    except Exception as e:  # ValueError from the checks; a damaged archive can fail inside zipfile
+        warnings.warn(f"retraining the base model: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=2)
     result = pretrain(task, seed, config, progress)
-    save_params(path, result.params)
+    save_params(path, result.params, task, seed, config)
     record = {
         "task": task,
         "seed": seed,
@@ -302,5 +326,5 @@ def load_or_pretrain(
         "wall_s": result.wall_s,
         "final_loss": float(result.losses[-min(50, len(result.losses)) :].mean()),
     }
-    path.with_suffix(".json").write_text(json.dumps(record, indent=2))
+    T.write_json(record, path.with_suffix(".json"))
     return result.params

@@ -8,8 +8,9 @@ observes ``correct = c(z, y)`` as a ``Delta``: the 0/1 likelihood
 ``p(y | z) = 1[z ends in y]``. Maximum marginal likelihood ``mean_n log p_θ(y_n | x_n)`` is then
 ``T.mcmc_em(cot_model(...))``: one persistent chain per training question (the memory), moved
 by independence Metropolis–Hastings with the model itself as the proposal (accept iff the
-proposal is correct), and TRICE's estimators (basic, leave-one-out control variate,
-subsampled control variate) from the transforms, not a hand-written gradient.
+proposal is correct), and TRICE's estimators from the transforms, not a hand-written gradient:
+basic (``T.mcmc_em``), leave-one-out control variate (``T.mcmc_em_control_variate``) and
+subsampled control variate (``T.mcmc_em_control_variate(..., samples=L)``).
 
 Example:
     >>> import jax
@@ -18,7 +19,7 @@ Example:
     >>> batch = tasks.make_split("chain-sum", 4, seed=0)
     >>> memory = trice.memory(tf.sample_rationales(jax.random.key(1), params, batch.hinted_prompt))
     >>> estimator = trice.estimator(trice.cot_model(), "control_variate")
-    >>> (value, step), grad = estimator.value_and_grad(
+    >>> (value, step), grad, _ = estimator.value_and_grad(
     ...     jax.random.key(2), params, trice.questions(batch), trice.observations(4), memory)
     >>> trice.rationales(step.state).shape
     (4, 9)
@@ -106,16 +107,20 @@ def estimator(model: ppl.GenerativeFunction, name: str, samples: int | None = No
     ``subsampled`` resamples ``samples`` (``L``; the notebook uses ``L = M``) of the ``2M`` memory
     and proposal items. Call it as
     ``estimator.value_and_grad(key, params, questions, observations, memory)``; it returns
-    ``((value, ChainStep), grad)``: ascend ``grad`` and store ``ChainStep.state`` as the new
-    memory of the batch.
+    ``((value, ChainStep), grad, state)``: ascend ``grad`` and store ``ChainStep.state`` as the
+    new memory of the batch (``state`` is the estimator's own, ``{}``: TRICE keeps no baseline).
+    ``basic`` is ``T.mcmc_em(model)``, ``control_variate`` ``T.mcmc_em_control_variate(model)``
+    and ``subsampled`` ``T.mcmc_em_control_variate(model, samples=samples)``.
     """
     if name not in ESTIMATORS:
         raise ValueError(f"unknown TRICE estimator {name!r}; choose from {', '.join(ESTIMATORS)}")
-    if name == "subsampled":
-        if samples is None:
-            raise ValueError("the subsampled TRICE estimator needs samples=L (e.g. the batch size)")
-        return T.mcmc_em(model, "control_variate", samples=samples).estimator()
-    return T.mcmc_em(model, name).estimator()
+    if name == "basic":
+        objective = T.mcmc_em(model)
+    elif samples is None and name == "subsampled":
+        raise ValueError("the subsampled TRICE estimator needs samples=L (e.g. the batch size)")
+    else:
+        objective = T.mcmc_em_control_variate(model, samples=samples if name == "subsampled" else None)
+    return objective.estimator()
 
 
 def gradient_variance(
@@ -138,7 +143,7 @@ def _variance_fn(est: T.Estimator, redraws: int) -> Any:
         obs = observations(batch.answer.shape[0])
 
         def one(k: jax.Array) -> tuple[Any, jax.Array]:
-            (_, step), grad = est.value_and_grad(k, params, batch, obs, chain_state)
+            (_, step), grad, _ = est.value_and_grad(k, params, batch, obs, chain_state)
             return grad, jnp.mean(step.accepted.astype(jnp.float32))
 
         grads, accepted = jax.vmap(one)(jax.random.split(key, redraws))

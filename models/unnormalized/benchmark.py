@@ -21,19 +21,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import time
 from typing import Any
 
 import jax
 import numpy as np
 import numpyro.distributions as dist
+from ppl.models._records import check_results, machine_info, name_list, output_path, positive_int
 from ppl.models.unnormalized import data as D
 from ppl.models.unnormalized import energies as E
 from ppl.models.unnormalized import evaluate as V
 from ppl.models.unnormalized import landscape as L
 from ppl.models.unnormalized.train import ESTIMATORS, OBJECTIVE_OF, theta, train
+
+from ppl import transforms as T
 
 SECTIONS = ("landscape", "oned", "toy", "digits")
 
@@ -340,14 +341,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description="MLE for unnormalized models: MECO, bound, NCE, naive.")
     parser.add_argument("--quick", action="store_true", help="CI-sized run (same as --scale quick)")
     parser.add_argument("--scale", choices=sorted(SCALES), default="default")
-    parser.add_argument("--sections", default=",".join(SECTIONS))
-    parser.add_argument("--seeds", type=int, default=None, help="override every section's seed count")
-    parser.add_argument("--steps", type=int, default=None, help="override every section's training steps")
-    parser.add_argument("--noises", default="fitted,narrow", help="noises for the 2D sets")
-    parser.add_argument("--digits-noises", default="fitted")
-    parser.add_argument("--sets", default=",".join(D.TOY_SETS))
+    parser.add_argument("--sections", type=name_list(SECTIONS, "section"), default=",".join(SECTIONS))
+    parser.add_argument(
+        "--seeds", type=positive_int, default=None, help="override every section's seed count"
+    )
+    parser.add_argument(
+        "--steps", type=positive_int, default=None, help="override every section's training steps"
+    )
+    parser.add_argument(
+        "--noises", type=name_list(D.NOISES, "noise"), default="fitted,narrow", help="noises for the 2D sets"
+    )
+    parser.add_argument("--digits-noises", type=name_list(D.NOISES, "noise"), default="fitted")
+    parser.add_argument("--sets", type=name_list(D.TOY_SETS, "set"), default=",".join(D.TOY_SETS))
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--json", type=output_path("--json"), default=None)
     args = parser.parse_args(argv)
     scale_name = "quick" if args.quick else args.scale
     scale = SCALES[scale_name]
@@ -359,27 +366,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         scale = dataclasses.replace(
             scale, oned_steps=args.steps, toy_steps=args.steps, digits_steps=args.steps
         )
-    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    bad = [s for s in sections if s not in SECTIONS]
-    if bad:
-        parser.error(f"unknown section(s) {', '.join(bad)}; choose from {', '.join(SECTIONS)}")
-    noises = tuple(n.strip() for n in args.noises.split(","))
-    digit_noises = tuple(n.strip() for n in args.digits_noises.split(","))
-    sets = tuple(s.strip() for s in args.sets.split(","))
-    for n in (*noises, *digit_noises):
-        if n not in D.NOISES:
-            parser.error(f"unknown noise {n!r}; choose from {', '.join(D.NOISES)}")
+    sections, noises = args.sections, tuple(args.noises)
+    digit_noises, sets = tuple(args.digits_noises), tuple(args.sets)
     progress = not args.no_progress
     record: dict[str, Any] = {
         "scale": scale_name,
         "config": dataclasses.asdict(scale),
         "seconds": {},
-        "machine": {
-            "device": str(jax.devices()[0]),
-            "jax": jax.__version__,
-            "cpu_count": os.cpu_count(),
-            "os": platform.platform(),
-        },
+        "machine": machine_info(),
     }
     start = time.perf_counter()
     for section in sections:
@@ -402,6 +396,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     record["seconds"]["total"] = time.perf_counter() - start
     print(f"total {record['seconds']['total']:.0f} s on {record['machine']['device']}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(record, f, indent=2)
+        T.write_json(record, args.json)
+    check_results({s: record[s] for s in sections}, "unnormalized")
     return record

@@ -16,7 +16,11 @@ walk of ``c`` that the ``log Z`` trackers then have to follow.
 
 A step whose value, gradient or new parameters are not finite is not applied: the run is
 recorded as *diverged* at that step (per seed) and its parameters stay at the last finite
-values; nothing raises.
+values; nothing raises (the estimators' traced checks are off for that reason).
+
+These loops are not :func:`ppl.transforms.fit`: they train several seeds at once (``vmap`` over
+a ``lax.scan`` of ``chunk`` steps, one compiled call per chunk) and record a divergence per seed
+instead of stopping the run, neither of which ``fit`` (one run, a failure raises) does.
 """
 
 from __future__ import annotations
@@ -67,8 +71,13 @@ def make_estimator(
     batch: int,
     gamma: float = 0.1,
     noise_ratio: float = 1.0,
+    checks: str | None = "off",
 ) -> T.Estimator:
-    """The (unjitted) estimator ``estimator_name`` of objective ``objective_name`` ("mle" or "nce")."""
+    """The (unjitted) estimator ``estimator_name`` of objective ``objective_name`` ("mle" or "nce").
+
+    ``checks`` is the estimator's (see :class:`ppl.transforms.Estimator`); off by default: the
+    training loop records a non-finite step as a divergence instead of raising.
+    """
     if estimator_name not in OBJECTIVE_OF:
         raise ValueError(f"unknown estimator {estimator_name!r}; choose from {', '.join(ESTIMATORS)}")
     if OBJECTIVE_OF[estimator_name] != objective_name:
@@ -76,14 +85,14 @@ def make_estimator(
             f"estimator {estimator_name!r} belongs to objective {OBJECTIVE_OF[estimator_name]!r}"
         )
     if objective_name == "nce":
-        return T.nce(log_density, noise, noise_ratio=noise_ratio).estimator(jit=False)
+        return T.nce(log_density, noise, noise_ratio=noise_ratio).estimator(jit=False, checks=checks)
     strategy = {
         "compositional": lambda: T.compositional(gamma),
         "bound": T.self_normalized_bound,
         "naive": T.naive,
     }[estimator_name]()
     objective = T.unnormalized_nll(log_density, noise, samples=batch)
-    return objective.estimator(strategies={"log_partition": strategy}, jit=False)
+    return objective.estimator(strategies={"log_partition": strategy}, jit=False, checks=checks)
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -139,7 +148,7 @@ def _run_chunk(spec: _Spec, carry: tuple, data: jax.Array, noise: dist.Distribut
         params, opt_state, est_state, key, t, diverged_at = carry
         key, k_batch, k_est = jax.random.split(key, 3)
         x = data[jax.random.randint(k_batch, (spec.batch,), 0, data.shape[0])]
-        (value, grad), new_est_state = est.value_and_grad(k_est, params, x, state=est_state)
+        value, grad, new_est_state = est.value_and_grad(k_est, params, x, state=est_state)
         if spec.objective_name == "mle":  # c is frozen: see the module docstring
             grad = {**grad, "c": jnp.zeros_like(grad["c"])}
         updates, new_opt_state = opt.update(grad, opt_state, params)

@@ -6,6 +6,8 @@ import functools
 import itertools
 import json
 import math
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -252,3 +254,54 @@ def test_cli_quick_run(tmp_path):
     record = benchmark.main(["--quick", "--no-progress", "--json", str(path)])
     assert set(record) >= {"landscape", "oned", "toy", "digits", "toy_wins"}
     assert json.loads(path.read_text())["scale"] == "quick"
+
+
+def _no_run(*args, **kwargs):
+    raise AssertionError("the CLI started a section before rejecting its flags")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--sections", ","], "(an empty entry)"),
+        (["--sections", "landscape,toys"], "unknown section(s) toys; choose from landscape"),
+        (["--noises", "fitted,wide"], "unknown noise(s) wide"),
+        (["--digits-noises", ""], "(an empty entry)"),
+        (["--sets", "moons,moons"], "set(s) given twice: moons"),
+        (["--seeds", "0"], "argument --seeds: must be a positive integer, got '0'"),
+        (["--steps", "-5"], "argument --steps: must be a positive integer, got '-5'"),
+        (["--scale", "huge"], "argument --scale: invalid choice"),
+        (["--json", "/nonexistent-folder/out.json"], "does not exist"),
+    ],
+)
+def test_cli_misuse_exits_2_with_a_message_before_any_section(argv, message, capsys, monkeypatch):
+    for name in ("run_landscape", "run_oned", "run_toy", "run_digits"):
+        monkeypatch.setattr(benchmark, name, _no_run)
+    with pytest.raises(SystemExit) as exit_:
+        benchmark.main(["--quick", "--no-progress", *argv])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_writes_strict_json_and_exits_1_on_non_finite_results(tmp_path, monkeypatch):
+    rows = [{**row, "mle_curvature": float("inf")} for row in landscape.landscape((1.0,), cap=100)]
+    monkeypatch.setattr(benchmark, "run_landscape", lambda scale: rows)
+    path = tmp_path / "out.json"
+    with pytest.raises(SystemExit) as exit_:
+        benchmark.main(["--quick", "--sections", "landscape", "--no-progress", "--json", str(path)])
+    assert exit_.value.code != 0 and "non-finite results at landscape[0].mle_curvature" in str(exit_.value)
+    text = path.read_text()
+    assert "Infinity" not in text
+    saved = json.loads(text)
+    assert saved["landscape"][0]["mle_curvature"] is None
+    assert saved["nonfinite"] == ["landscape[0].mle_curvature"]
+
+
+def test_cli_misuse_exit_status_from_the_command_line():
+    done = subprocess.run(
+        [sys.executable, "-m", "ppl.models.unnormalized", "--sections", ","],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "(an empty entry)" in done.stderr

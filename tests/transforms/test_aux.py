@@ -20,8 +20,8 @@ def squared_error(theta, x):
 
 def test_aux_is_stacked_per_datum_and_particle_and_matches_the_value() -> None:
     xs = jnp.arange(4.0)
-    est = squared_error.estimator(particles=3, in_axes=(None, 0))
-    (value, aux), grad = est.value_and_grad(jax.random.key(0), 0.5, xs)
+    est = squared_error.estimator(particles=3, in_axes=(0,))
+    (value, aux), grad, _ = est.value_and_grad(jax.random.key(0), 0.5, xs)
     assert aux["z"].shape == (4, 3)
     np.testing.assert_allclose(value, jnp.mean((aux["z"] - xs[:, None]) ** 2), rtol=1e-6)
     np.testing.assert_allclose(grad, jnp.mean(2 * (aux["z"] - xs[:, None])), rtol=1e-5)  # reparam: dz/dθ = 1
@@ -36,7 +36,7 @@ def test_aux_under_a_continuation_strategy_is_the_sampled_run() -> None:
         return b * 2.0, b
 
     for seed in range(4):
-        (value, b), grad = coin.estimator(default=T.enum()).value_and_grad(jax.random.key(seed), 0.3)
+        (value, b), grad, _ = coin.estimator(default=T.enum()).value_and_grad(jax.random.key(seed), 0.3)
         np.testing.assert_allclose(value, 2.0 * b)
         np.testing.assert_allclose(grad, 2.0, rtol=1e-6)  # enum: d/dp E[2b] exactly
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
@@ -191,5 +193,11 @@ def test_strategies_inside_a_plate_are_chosen_by_full_address() -> None:
     grads = vmapped(lambda k: est.grad(k, logits), N, seed=8)
     p = jax.nn.sigmoid(logits)
     assert_unbiased(grads, jnp.arange(1.0, 4.0) * p * (1 - p), "vmap-plate/full-address")
-    with pytest.raises(ValueError, match="strategies: no sample site at address 'z'"):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "strategies: no sample site or log_expectation at address 'z' in <expectation 'objective'>; "
+            "its addresses are 'units/z'; did you mean 'units/z'?"
+        ),
+    ):
         objective.estimator(strategies={"z": T.reinforce()}).grad(jax.random.key(0), logits)

@@ -113,10 +113,10 @@ def test_the_kernel_is_not_differentiated_but_the_new_state_is() -> None:
     scores = jax.jacobian(jax.nn.log_softmax)(LOGITS)  # row z: ∇ log p_θ(z)
     single = q_function.estimator(default=T.reinforce(), has_aux=True)
     for seed in range(5):
-        (value, z), grad = single.value_and_grad(jax.random.key(seed), LOGITS)
+        (value, z), grad, _ = single.value_and_grad(jax.random.key(seed), LOGITS)
         np.testing.assert_allclose(value, log_prior[z], rtol=1e-6)
         np.testing.assert_allclose(grad, scores[z], atol=1e-6)
-    (_, z), summed = q_function.estimator(has_aux=True).value_and_grad(jax.random.key(0), LOGITS)
+    (_, z), summed, _ = q_function.estimator(has_aux=True).value_and_grad(jax.random.key(0), LOGITS)
     moved_to = jnp.where(jnp.arange(5) <= target, jnp.arange(5), z0)
     expected = jnp.sum(jax.nn.softmax(LOGITS)[:, None] * scores[moved_to], axis=0)
     np.testing.assert_allclose(summed, expected, atol=1e-5)

@@ -41,7 +41,9 @@ def stationary_memory(key, logits, targets=TARGETS):
 
 
 def estimator(name="control_variate", samples=None, **kw):
-    return T.mcmc_em(model, name, samples).estimator(**kw)
+    if name == "basic":
+        return T.mcmc_em(model).estimator(**kw)
+    return T.mcmc_em_control_variate(model, samples).estimator(**kw)
 
 
 def gradients(est, logits, n, seed=0, targets=TARGETS):
@@ -112,7 +114,7 @@ def test_beta_leaves_each_datum_out() -> None:
 
 def test_value_memory_and_chain_statistics() -> None:
     memory = {"z": jnp.array([4, 1, 0, 4])}  # data 0 and 3 start from memories that miss
-    (value, step), grad = estimator().value_and_grad(jax.random.key(3), LOGITS, TARGETS, OBSERVED, memory)
+    (value, step), grad, _ = estimator().value_and_grad(jax.random.key(3), LOGITS, TARGETS, OBSERVED, memory)
     z, proposal = step.state["z"], step.proposal["z"]
     hit = proposal <= TARGETS
     np.testing.assert_array_equal(step.accepted, hit)
@@ -130,7 +132,7 @@ def test_no_valid_memory_gives_zero_gradient_not_nan() -> None:
     memory = {"z": jnp.array([4, 4, 4, 4])}
     far = jnp.array([-9.0, -9.0, -9.0, -9.0, 9.0])  # proposals almost surely z = 4: all rejected
     for samples in (None, 4):
-        (value, step), grad = estimator(samples=samples).value_and_grad(
+        (value, step), grad, _ = estimator(samples=samples).value_and_grad(
             jax.random.key(0), far, TARGETS, OBSERVED, memory
         )
         assert not np.any(step.valid)
@@ -149,24 +151,20 @@ def test_jit_matches_eager_and_compiles_once() -> None:
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     TRACES = 0
     for seed in range(3):
-        (_, step), _ = est.value_and_grad(jax.random.key(seed), LOGITS + seed, TARGETS, OBSERVED, memory)
+        (_, step), _, _ = est.value_and_grad(jax.random.key(seed), LOGITS + seed, TARGETS, OBSERVED, memory)
         memory = step.state
     assert TRACES == 0  # the compiled step is reused across new parameters and memories
 
 
 def test_bad_input() -> None:
     with pytest.raises(
-        ValueError, match="mcmc_em: estimator must be one of basic, control_variate, got 'cv'"
+        ValueError, match="mcmc_em_control_variate: samples must be a positive integer, got 0"
     ):
-        T.mcmc_em(model, "cv")
-    with pytest.raises(
-        ValueError, match=r"mcmc_em: samples \(subsampling\) needs estimator='control_variate'"
-    ):
-        T.mcmc_em(model, "basic", samples=4)
-    with pytest.raises(ValueError, match="mcmc_em: samples must be a positive int, got 0"):
-        T.mcmc_em(model, samples=0)
+        T.mcmc_em_control_variate(model, samples=0)
     with pytest.raises(TypeError, match="mcmc_em expects a generative function"):
         T.mcmc_em(lambda: None)
+    with pytest.raises(TypeError, match="mcmc_em_control_variate expects a generative function"):
+        T.mcmc_em_control_variate(lambda: None)
     one = (LOGITS, TARGETS[:1], {"hit": jnp.ones(1)}, {"z": jnp.zeros(1, jnp.int32)})
     with pytest.raises(ValueError, match="mcmc_em: the batch needs at least 2 data, got 1"):
         estimator().value_and_grad(jax.random.key(0), *one)

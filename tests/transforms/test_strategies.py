@@ -191,12 +191,17 @@ def test_continuous_strategies_agree_on_normal() -> None:
 
 def test_auto_policy_picks_by_distribution() -> None:
     policy = T.auto()
-    assert isinstance(policy.resolve(("x",), dist.Normal(0.0, 1.0), False, 1), T.Reparam)
-    assert isinstance(policy.resolve(("x",), dist.Gamma(2.0, 1.0), False, 1), T.Reparam)
-    assert isinstance(policy.resolve(("x",), dist.Bernoulli(0.3), False, 1), T.Enum)
-    assert isinstance(policy.resolve(("x",), dist.Bernoulli(0.3), True, 1), T.Reinforce)
-    poisson = policy.resolve(("x",), dist.Poisson(2.0), False, 4)
+
+    def pick(d, in_block=False, particles=1, cost=1):
+        return policy.choose(("x",), d, in_block, particles, cost)[0]
+
+    assert isinstance(pick(dist.Normal(0.0, 1.0)), T.Reparam)
+    assert isinstance(pick(dist.Gamma(2.0, 1.0)), T.Reparam)
+    assert isinstance(pick(dist.Bernoulli(0.3)), T.Enum)
+    assert isinstance(pick(dist.Bernoulli(0.3), in_block=True), T.Reinforce)
+    poisson = pick(dist.Poisson(2.0), particles=4)
     assert isinstance(poisson, T.Reinforce)
     assert poisson.baseline == T.leave_one_out()
     big = dist.Bernoulli(jnp.full(10, 0.3))  # 2**10 joint values > 64
-    assert isinstance(policy.resolve(("x",), big, False, 1), T.Reinforce)
+    assert isinstance(pick(big), T.Reinforce)
+    assert isinstance(pick(dist.Bernoulli(0.3), cost=64), T.Reinforce)  # the budget is for all sites

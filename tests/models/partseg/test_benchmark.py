@@ -7,6 +7,8 @@ import json
 import pytest
 from ppl.models.partseg import benchmark
 
+from ppl import transforms as T
+
 
 def test_tiny_run_tables_summary_and_json(tmp_path, capsys) -> None:
     path = tmp_path / "tiny.json"
@@ -100,16 +102,59 @@ def test_report_reprints_a_saved_record(tmp_path, capsys) -> None:
     path = tmp_path / "saved.json"
     record = _fake_record([40.0, 50.0], [55.0, 62.0], em_s=0.2)
     record["complete"] = False
-    benchmark.write_json(record, str(path))
+    T.write_json(record, str(path))
     benchmark.main(["--report", str(path)])
     out = capsys.readouterr().out
     assert "58.5±3.5" in out and "partial record" in out
 
 
 def test_unknown_variant_is_a_usage_error(capsys) -> None:
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as stop:
         benchmark.main(["--variants=heuristic,em-hardd", "--no-progress"])
+    assert stop.value.code == 2
     assert "unknown variant(s) em-hardd" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--shapes=0"], "argument --shapes: expected a positive integer, got '0'"),
+        (["--shapes=two"], "argument --shapes: expected a positive integer, got 'two'"),
+        (["--seeds=-2"], "argument --seeds: expected a positive integer, got '-2'"),
+        (["--first-seed=-1"], "argument --first-seed: expected a non-negative integer, got '-1'"),
+        (["--resolution=4"], "argument --resolution: expected an integer ≥ 8, got '4'"),
+        (["--categories=,"], "expected comma-separated category names (no empty entries), got ','"),
+        (["--categories=chair,sofa"], "unknown category(ies) sofa"),
+        (["--categories=chair,chair"], "category(ies) named more than once: chair"),
+        (["--variants=,"], "expected comma-separated variant names (no empty entries)"),
+        (["--variants=heuristic,,truth"], "no empty entries"),
+        (["--noise=loud"], "argument --noise: invalid choice: 'loud'"),
+        (["--json=/nonexistent-folder/out.json"], "--json path '/nonexistent-folder/out.json': the folder"),
+    ],
+)
+def test_misuse_exits_non_zero_with_a_message_before_running(args, message, capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        benchmark.main([*args, "--no-progress"])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_json_path_that_is_a_folder_and_bad_report_are_usage_errors(tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        benchmark.main([f"--json={tmp_path}", "--no-progress"])
+    assert stop.value.code == 2 and "is a folder; give a file name" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        benchmark.main(["--report", str(tmp_path / "missing.json")])
+    assert stop.value.code == 2 and "not a readable benchmark record" in capsys.readouterr().err
+
+
+def test_empty_or_non_finite_results_are_reported() -> None:
+    fine = _fake_record([40.0, 50.0], [55.0, 62.0], em_s=0.2)
+    assert benchmark.result_problems(fine) == []
+    broken = _fake_record([float("nan"), float("nan")], [55.0, 62.0], em_s=0.2)
+    assert benchmark.result_problems(broken) == ["chair heuristic AP50", "chair heuristic mIoU"]
+    fine["categories"]["chair"]["blocks"] = []
+    assert benchmark.result_problems(fine) == ["no category ran"]
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import jax
 import numpy as np
@@ -43,14 +44,58 @@ def test_cache_saves_reloads_and_retrains(tmp_path, monkeypatch):
     assert pretrain.cache_path("pointer", 0, TINY, tmp_path) != path
     other = pretrain.load_or_pretrain("chain-sum", 0, tmp_path, changed)
     assert len(calls) == 2 and not _same(first, other)
-    # A corrupted file retrains (deterministically: the same parameters) and is overwritten.
+    # A corrupted file retrains (deterministically: the same parameters), with a warning, and is
+    # overwritten.
     path.write_bytes(b"not a checkpoint")
-    fixed = pretrain.load_or_pretrain("chain-sum", 0, tmp_path, TINY)
+    with pytest.warns(
+        RuntimeWarning, match="retraining the base model: .*cannot be read as a ppl checkpoint"
+    ):
+        fixed = pretrain.load_or_pretrain("chain-sum", 0, tmp_path, TINY)
     assert len(calls) == 3 and _same(first, fixed)
-    assert _same(pretrain.load_params(path, TINY.model), first)
+    assert _same(pretrain.load_params(path, "chain-sum", 0, TINY), first)
+    # The record beside it is strict JSON.
+    assert json.loads(path.with_suffix(".json").read_text())["seed"] == 0
     # The default directory honours $PPL_CACHE.
     monkeypatch.setenv("PPL_CACHE", str(tmp_path / "env"))
     assert pretrain.cache_path("pointer", 2, TINY).parent == tmp_path / "env"
+
+
+def test_a_modified_cache_file_is_never_loaded(tmp_path, monkeypatch):
+    """The cached parameters carry a SHA-256 checksum and their identity (task, seed, whole
+    configuration): a modified file, or one renamed to another configuration's path, is refused
+    and retrained, never loaded."""
+    first = pretrain.load_or_pretrain("chain-sum", 0, tmp_path, TINY)
+    path = pretrain.cache_path("chain-sum", 0, TINY, tmp_path)
+    original = path.read_bytes()
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    name = max((n for n in arrays if n != "meta"), key=lambda n: arrays[n].size)
+    weights = arrays[name]
+    arrays[name] = weights + np.float32(1e31)  # consistent zip, wrong weights
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    with pytest.raises(ValueError, match="checksum mismatch, the file is corrupt or was modified"):
+        pretrain.load_params(path, "chain-sum", 0, TINY)
+    data = bytearray(original)
+    at = bytes(data).index(weights.tobytes()[:64])  # the largest weight array's first bytes
+    data[at + 5] ^= 0x10  # one bit flipped in the weights
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"Bad CRC-32|checksum mismatch"):
+        pretrain.load_params(path, "chain-sum", 0, TINY)
+    calls = []
+    real = pretrain.pretrain
+    monkeypatch.setattr(pretrain, "pretrain", lambda *a, **k: calls.append(a) or real(*a, **k))
+    with pytest.warns(RuntimeWarning, match="retraining the base model"):
+        again = pretrain.load_or_pretrain("chain-sum", 0, tmp_path, TINY)
+    assert len(calls) == 1 and _same(again, first)
+    # Another configuration's file under this configuration's name: its identity differs.
+    other = dataclasses.replace(TINY, corruption=0.2)
+    pretrain.load_or_pretrain("chain-sum", 0, tmp_path, other)
+    path.write_bytes(pretrain.cache_path("chain-sum", 0, other, tmp_path).read_bytes())
+    with pytest.raises(ValueError, match=r"belongs to another run \(config: stored"):
+        pretrain.load_params(path, "chain-sum", 0, TINY)
+    with pytest.raises(FileNotFoundError, match="no cached parameters"):
+        pretrain.load_params(tmp_path / "missing.npz", "chain-sum", 0, TINY)
 
 
 @pytest.mark.parametrize("task", tasks.TASKS)

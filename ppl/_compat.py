@@ -1,0 +1,13 @@
+"""The one place that depends on how JAX versions differ (tested: jax 0.10.2 and 0.12.0.1)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from jax.core import Tracer as _Tracer  # public in every tested version
+
+
+def is_traced(x: Any) -> bool:
+    """Whether any leaf of ``x`` is a tracer (we are inside ``jit``/``vmap``/``grad``...)."""
+    return any(isinstance(leaf, _Tracer) for leaf in jax.tree_util.tree_leaves(x))

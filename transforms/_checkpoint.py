@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import zipfile
 from typing import Any
 
 import jax
@@ -67,10 +66,11 @@ def load_checkpoint(path: str | os.PathLike, like: Any, identity: dict[str, Any]
     try:
         with np.load(path, allow_pickle=False) as archive:
             meta = json.loads(bytes(archive["meta"]).decode())
-            count = len(meta["leaves"])
-            leaves = [archive[f"leaf_{i:05d}"] for i in range(count)]
-    except (OSError, ValueError, KeyError, json.JSONDecodeError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{where} cannot be read as a ppl checkpoint: {e}") from e
+            if not isinstance(meta, dict) or not {"leaves", "identity", "sha256"} <= meta.keys():
+                raise KeyError("its metadata lacks 'leaves', 'identity' or 'sha256'")
+            leaves = [archive[f"leaf_{i:05d}"] for i in range(len(meta["leaves"]))]
+    except Exception as e:  # any failure to read (truncated zip, bad zlib stream, foreign JSON...)
+        raise ValueError(f"{where} cannot be read as a ppl checkpoint: {type(e).__name__}: {e}") from e
     if meta.get("format") != FORMAT:
         raise ValueError(f"{where} has format {meta.get('format')!r}, expected {FORMAT!r}")
     stored = json.dumps(meta["identity"], sort_keys=True)

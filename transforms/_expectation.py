@@ -94,7 +94,11 @@ def stop_gradient(tree: Any) -> Any:
     """``jax.lax.stop_gradient`` on every array leaf of ``tree`` (other leaves unchanged)."""
 
     def stop(leaf: Any) -> Any:
-        return jax.lax.stop_gradient(leaf) if isinstance(leaf, jax.Array | np.ndarray | np.generic | float) else leaf
+        return (
+            jax.lax.stop_gradient(leaf)
+            if isinstance(leaf, jax.Array | np.ndarray | np.generic | float)
+            else leaf
+        )
 
     return jax.tree_util.tree_map(stop, tree)
 

@@ -94,13 +94,14 @@ class Config:
             out.append(
                 f"auto: the enumeration budget (max_enumeration={self.max_enumeration} continuations, the "
                 f"product of the enumerated supports) is spent, so {listing(over)} use the score function "
-                "instead of enumeration; choose their strategies explicitly, or raise auto(max_enumeration=...)"
+                "instead of enumeration; choose their strategies explicitly, or raise "
+                "auto(max_enumeration=...)"
             )
         bare = [a for a in self.notes.get("no baseline", []) if a not in over]
         if bare:
             out.append(
-                f"auto: {listing(bare)} get a score-function gradient without a baseline (high variance): run "
-                "the estimator with particles=K >= 2 for a leave-one-out baseline, or choose e.g. "
+                f"auto: {listing(bare)} get a score-function gradient without a baseline (high variance): "
+                "run the estimator with particles=K >= 2 for a leave-one-out baseline, or choose e.g. "
                 "reinforce(running_average()) for them"
             )
         return out

@@ -39,7 +39,8 @@ def one(make):
         ),
         (
             lambda: dist.Categorical(probs=jnp.array([0.5, 0.6])),
-            "address 'c' (CategoricalProbs): parameter probs = [0.5 0.6] is outside its constraint (the simplex",
+            "address 'c' (CategoricalProbs): parameter probs = [0.5 0.6] is outside its constraint "
+            "(the simplex",
         ),
         (
             lambda: dist.Gamma(jnp.array([1.0, -2.0]), 1.0),

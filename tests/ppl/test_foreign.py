@@ -64,14 +64,14 @@ def test_param_and_deterministic_are_errors_with_their_routes() -> None:
     def with_param():
         numpyro.param("w", jnp.zeros(2))
 
-    with pytest.raises(RuntimeError, match="numpyro.param\\('w'\\).*pass parameters as arguments"):
+    with pytest.raises(RuntimeError, match=r"numpyro\.param\('w'\).*pass parameters as arguments"):
         with_param.simulate(jax.random.key(0))
 
     @ppl.gen
     def with_deterministic():
         numpyro.deterministic("d", 1.0)
 
-    with pytest.raises(RuntimeError, match="numpyro.deterministic\\('d'\\).*return the value"):
+    with pytest.raises(RuntimeError, match=r"numpyro\.deterministic\('d'\).*return the value"):
         with_deterministic.simulate(jax.random.key(0))
 
 

@@ -144,7 +144,9 @@ def test_density_with_an_extra_address() -> None:
 def test_constraint_outside_the_support() -> None:
     with pytest.raises(
         ValueError,
-        match=re.escape("address 'x' (Gamma): the value given to assess is -1.0, outside the support ((0, inf))"),
+        match=re.escape(
+            "address 'x' (Gamma): the value given to assess is -1.0, outside the support ((0, inf))"
+        ),
     ):
         objective_with_density({"z": 0.1, "x": -1.0}).estimate(jax.random.key(0), 0.0)
 
@@ -156,7 +158,9 @@ def test_constraint_outside_the_support_under_jit() -> None:
 
     with pytest.raises(
         Exception,
-        match=re.escape("address 'x' (Gamma): the value given to assess is -1.0, outside the support ((0, inf))"),
+        match=re.escape(
+            "address 'x' (Gamma): the value given to assess is -1.0, outside the support ((0, inf))"
+        ),
     ):
         jax.block_until_ready(run(-1.0))
 

@@ -160,10 +160,19 @@ def test_a_tampered_checkpoint_is_refused(tmp_path) -> None:
     offset = raw.find(np.asarray(2.0, np.float32).tobytes())
     raw[offset + 3] ^= 0x40
     path.write_bytes(bytes(raw))
-    with pytest.raises(ValueError, match="cannot be read as a ppl checkpoint|checksum mismatch"):
+    with pytest.raises(ValueError, match=r"cannot be read as a ppl checkpoint|checksum mismatch"):
         T.load_checkpoint(path, tree, {"run": 1})
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="cannot be read as a ppl checkpoint"):
+        T.load_checkpoint(path, tree, {"run": 1})
+    # Cut short (a crash mid-copy), and an npz that is not ours (metadata of another shape).
+    T.save_checkpoint(path, tree, {"run": 1})
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(ValueError, match="cannot be read as a ppl checkpoint"):
+        T.load_checkpoint(path, tree, {"run": 1})
+    with open(path, "wb") as f:
+        np.savez(f, meta=np.frombuffer(b"[1, 2]", np.uint8))
+    with pytest.raises(ValueError, match="its metadata lacks 'leaves', 'identity' or 'sha256'"):
         T.load_checkpoint(path, tree, {"run": 1})
 
 
@@ -181,7 +190,7 @@ def test_bad_arguments_and_paths_fail_before_training(tmp_path) -> None:
     est = objective.estimator()
     with pytest.raises(ValueError, match="fit: steps must be a positive integer, got 0"):
         T.fit(est, PARAMS, optax.adam(0.1), steps=0, key=jax.random.key(0), data=(2.0,))
-    with pytest.raises(ValueError, match="the folder .* does not exist"):
+    with pytest.raises(ValueError, match=r"the folder .* does not exist"):
         T.fit(
             est,
             PARAMS,

@@ -82,7 +82,9 @@ def build(sites):
 site = st.tuples(st.sampled_from(sorted(FAMILIES)), st.booleans(), st.sampled_from(sorted(STRATEGIES)))
 
 
-@pytest.mark.filterwarnings("ignore::ppl.transforms.StrategyWarning")  # auto may pick baseline-free score terms
+@pytest.mark.filterwarnings(
+    "ignore::ppl.transforms.StrategyWarning"
+)  # auto may pick baseline-free score terms
 @settings(max_examples=24, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(st.lists(site, min_size=1, max_size=3))
 def test_random_programs_are_unbiased_or_refused_by_name(sites) -> None:

@@ -6,9 +6,8 @@ estimated with noise q = N(0, 1.5): Z = √(2π/a) exp(m²/(2a)).
 
 from __future__ import annotations
 
-import re
-
 import math
+import re
 
 import jax
 import jax.numpy as jnp

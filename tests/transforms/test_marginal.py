@@ -363,5 +363,7 @@ def test_review_bad_inputs() -> None:
         ppl.sample("x", dist.Bernoulli(p))
 
     dreg = T.iwelbo_dreg(gauss_model, discrete_guide, 3).estimator()
-    with pytest.raises(ValueError, match="needs reparameterized guide sites; address 'particles/x' uses Reinforce"):
+    with pytest.raises(
+        ValueError, match="needs reparameterized guide sites; address 'particles/x' uses Reinforce"
+    ):
         dreg.grad(jax.random.key(0), 0.3, {"y": 0.5})

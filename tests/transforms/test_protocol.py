@@ -105,7 +105,9 @@ def test_user_strategies_inside_particle_blocks_of_the_objective_library() -> No
         total = 0.0
         for a in range(2):
             for b in range(2):
-                total = total + jnp.exp(log_q[a] + log_q[b]) * (jnp.logaddexp(log_w[a], log_w[b]) - jnp.log(2.0))
+                total = total + jnp.exp(log_q[a] + log_q[b]) * (
+                    jnp.logaddexp(log_w[a], log_w[b]) - jnp.log(2.0)
+                )
         return total
 
     for strategy in (MyScore(), ScoreFromDist()):
@@ -147,5 +149,5 @@ def test_a_planted_bias_fails_the_suites_own_z_test() -> None:
 
 
 def test_a_user_strategy_must_have_a_baseline_object() -> None:
-    with pytest.raises(TypeError, match="MyScore: baseline must be a Baseline, got 0.0"):
+    with pytest.raises(TypeError, match=r"MyScore: baseline must be a Baseline, got 0\.0"):
         MyScore(0.0)

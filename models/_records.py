@@ -52,73 +52,68 @@ def machine_info() -> dict[str, Any]:
 
 
 # -- argparse types ------------------------------------------------------------------
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1 (counts, steps, seeds, repeats, batches)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
+def int_at_least(low: int, what: str) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low``, described as ``what`` in the message."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
 
 
-def nonnegative_int(text: str) -> int:
-    """An argparse type: an integer >= 0 (seeds, warm-up counts)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
-    return value
+positive_int = int_at_least(1, "a positive integer")  # counts, steps, seeds, repeats, batches
+nonnegative_int = int_at_least(0, "a non-negative integer")  # seeds, warm-up counts
 
 
-def positive_float(text: str) -> float:
-    """An argparse type: a finite number > 0 (learning rates, timeouts)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text!r}")
-    return value
+def float_in(ok: Callable[[float], bool], what: str) -> Callable[[str], float]:
+    """An argparse type: a number for which ``ok`` holds, described as ``what`` in the message."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
 
 
-def open_unit_float(text: str) -> float:
-    """An argparse type: a number strictly between 0 and 1 (decay rates)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, got {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be a number strictly between 0 and 1, got {text!r}")
-    return value
+positive_float = float_in(lambda v: math.isfinite(v) and v > 0, "a finite positive number")  # rates
+open_unit_float = float_in(lambda v: 0.0 < v < 1.0, "a number strictly between 0 and 1")  # decays
 
 
-def name_list(choices: Iterable[str] | None, what: str = "name") -> Callable[[str], list[str]]:
-    """An argparse type: a comma-separated, non-empty list of known names, without repeats.
+def name_list(
+    choices: Iterable[str] | None, what: str = "name", plural: str | None = None
+) -> Callable[[str], list[str]]:
+    """An argparse type: a comma-separated, non-empty list of known names, each once.
 
     ``choices=None`` accepts any non-empty names (check them after parsing when the known
-    names depend on other flags).
+    names depend on other flags). ``plural`` names several in messages (default ``what(s)``).
     """
     known = None if choices is None else tuple(choices)
-    among = "" if known is None else f" from {', '.join(known)}"
+    among = "" if known is None else f"; choose from {', '.join(known)}"
+    plural = plural or f"{what}(s)"
 
     def parse(text: str) -> list[str]:
         names = [n.strip() for n in text.split(",")]
-        if not text.strip() or any(not n for n in names):
+        if any(not n for n in names):
             raise argparse.ArgumentTypeError(
-                f"expected a comma-separated list of {what}s{among}, got {text!r} (an empty entry)"
+                f"expected comma-separated {what} names (no empty entries), got {text!r}{among}"
             )
         unknown = [] if known is None else [n for n in names if n not in known]
         if unknown:
-            raise argparse.ArgumentTypeError(
-                f"unknown {what}(s) {', '.join(unknown)}; choose from {', '.join(known)}"
-            )
+            raise argparse.ArgumentTypeError(f"unknown {plural} {', '.join(unknown)}{among}")
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
-            raise argparse.ArgumentTypeError(f"{what}(s) given twice: {', '.join(repeated)}")
+            raise argparse.ArgumentTypeError(f"{plural} named more than once: {', '.join(repeated)}")
         return names
 
     return parse
@@ -129,7 +124,7 @@ def int_list(text: str) -> list[int]:
     parts = [p.strip() for p in text.split(",")]
     if not text.strip() or any(not p for p in parts):
         raise argparse.ArgumentTypeError(
-            f"expected a comma-separated list of positive integers, got {text!r} (an empty entry)"
+            f"expected a comma-separated list of positive integers (no empty entries), got {text!r}"
         )
     return [positive_int(p) for p in parts]
 

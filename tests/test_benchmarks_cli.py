@@ -29,11 +29,11 @@ def _no_measurement(*args, **kwargs):
 
 TIMING_MISUSE = [
     (["--batches", ","], "argument --batches: expected a comma-separated list of positive integers"),
-    (["--batches", "64,,128"], "(an empty entry)"),
-    (["--batches", "64,0"], "must be a positive integer, got '0'"),
-    (["--repeats", "0"], "argument --repeats: must be a positive integer, got '0'"),
-    (["--rounds", "-1"], "argument --rounds: must be a positive integer, got '-1'"),
-    (["--compiles", "x"], "argument --compiles: must be a positive integer, got 'x'"),
+    (["--batches", "64,,128"], "(no empty entries)"),
+    (["--batches", "64,0"], "expected a positive integer, got '0'"),
+    (["--repeats", "0"], "argument --repeats: expected a positive integer, got '0'"),
+    (["--rounds", "-1"], "argument --rounds: expected a positive integer, got '-1'"),
+    (["--compiles", "x"], "argument --compiles: expected a positive integer, got 'x'"),
     (["--runtime-checks", "maybe"], "argument --runtime-checks: invalid choice"),
     (["--json", "/nonexistent-folder/out.json"], "does not exist"),
 ]
@@ -51,10 +51,10 @@ def test_overhead_misuse_exits_2(argv, message, capsys, monkeypatch) -> None:
     "argv, message",
     [
         *TIMING_MISUSE,
-        (["--objectives", ","], "(an empty entry)"),
+        (["--objectives", ","], "(no empty entries)"),
         (["--objectives", "elbo,iwelbo9"], "unknown objective(s) iwelbo9; choose from elbo, iwelbo8"),
-        (["--genjax-timeout", "nan"], "argument --genjax-timeout: must be a finite positive number"),
-        (["--genjax-timeout", "0"], "argument --genjax-timeout: must be a finite positive number"),
+        (["--genjax-timeout", "nan"], "argument --genjax-timeout: expected a finite positive number"),
+        (["--genjax-timeout", "0"], "argument --genjax-timeout: expected a finite positive number"),
         (["--markdown", "/nonexistent-folder/results.json"], "argument --markdown: no such file"),
     ],
 )
@@ -70,8 +70,8 @@ def test_vae_overhead_misuse_exits_2(argv, message, capsys, monkeypatch) -> None
     "argv, message",
     [
         *TIMING_MISUSE,
-        (["--dims", "2,"], "(an empty entry)"),
-        (["--dims", "0"], "must be a positive integer, got '0'"),
+        (["--dims", "2,"], "(no empty entries)"),
+        (["--dims", "0"], "expected a positive integer, got '0'"),
     ],
 )
 def test_unnormalized_overhead_misuse_exits_2(argv, message, capsys, monkeypatch) -> None:
@@ -84,14 +84,14 @@ def test_unnormalized_overhead_misuse_exits_2(argv, message, capsys, monkeypatch
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--steps", "0"], "argument --steps: must be a positive integer, got '0'"),
-        (["--every", "-5"], "argument --every: must be a positive integer"),
-        (["--seeds", "0"], "argument --seeds: must be a positive integer"),
-        (["--lr", "inf"], "argument --lr: must be a finite positive number, got 'inf'"),
-        (["--lr", "-0.1"], "argument --lr: must be a finite positive number"),
-        (["--decay", "1.0"], "argument --decay: must be a number strictly between 0 and 1"),
-        (["--warmup", "-1"], "argument --warmup: must be a non-negative integer"),
-        (["--rows", ","], "(an empty entry)"),
+        (["--steps", "0"], "argument --steps: expected a positive integer, got '0'"),
+        (["--every", "-5"], "argument --every: expected a positive integer"),
+        (["--seeds", "0"], "argument --seeds: expected a positive integer"),
+        (["--lr", "inf"], "argument --lr: expected a finite positive number, got 'inf'"),
+        (["--lr", "-0.1"], "argument --lr: expected a finite positive number"),
+        (["--decay", "1.0"], "argument --decay: expected a number strictly between 0 and 1"),
+        (["--warmup", "-1"], "argument --warmup: expected a non-negative integer"),
+        (["--rows", ","], "(no empty entries)"),
         (["--rows", "vimco,gumbel"], "unknown row(s) gumbel; choose from reinforce"),
         (["--rows", "reinforce-standard"], "--rows needs at least one trained row"),
         (["--particles", "1"], "--particles must be at least 2 for reinforce+leave-one-out"),

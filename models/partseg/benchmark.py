@@ -58,7 +58,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from ppl.models._records import machine_info
+from ppl.models._records import int_at_least, machine_info, name_list, nonnegative_int, positive_int
 from ppl.models.partseg import data, em, metrics, pipeline, postprocess
 from ppl.models.partseg.masks import NOISE_LEVELS, MaskNoise
 from ppl.models.partseg.types import CATEGORIES, PART_CLASSES
@@ -515,53 +515,7 @@ def run(
 
 
 # -- entry point --------------------------------------------------------------------------------
-def positive_int(text: str) -> int:
-    """An argparse type: an integer ≥ 1."""
-    return _int_at_least(text, 1, "a positive integer")
-
-
-def nonnegative_int(text: str) -> int:
-    """An argparse type: an integer ≥ 0."""
-    return _int_at_least(text, 0, "a non-negative integer")
-
-
-def render_resolution(text: str) -> int:
-    """An argparse type: a render resolution, an integer ≥ 8."""
-    return _int_at_least(text, 8, "an integer ≥ 8")
-
-
-def _int_at_least(text: str, low: int, what: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-    if value < low:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-    return value
-
-
-def name_list(known: Sequence[str], what: str, plural: str | None = None) -> Callable[[str], list[str]]:
-    """An argparse type: comma-separated names from ``known``, at least one, each once."""
-    plural = plural or f"{what}(s)"
-
-    def parse(text: str) -> list[str]:
-        names = [s.strip() for s in text.split(",")]
-        if not any(names) or any(not n for n in names):
-            raise argparse.ArgumentTypeError(
-                f"expected comma-separated {what} names (no empty entries), got {text!r}; "
-                f"choose from {', '.join(known)}"
-            )
-        bad = [n for n in names if n not in known]
-        if bad:
-            raise argparse.ArgumentTypeError(
-                f"unknown {plural} {', '.join(bad)}; choose from {', '.join(known)}"
-            )
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise argparse.ArgumentTypeError(f"{plural} named more than once: {', '.join(repeated)}")
-        return names
-
-    return parse
+render_resolution = int_at_least(8, "an integer ≥ 8")  # argparse type: a render resolution
 
 
 def result_problems(record: dict[str, Any]) -> list[str]:

@@ -47,7 +47,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ppl.models._records import machine_info
+from ppl.models._records import machine_info, name_list, positive_float, positive_int
 from ppl.models.trice import pretrain, tasks, train, trice
 
 from ppl import transforms as T
@@ -400,48 +400,6 @@ def plot(record: dict[str, Any], directory: str) -> list[str]:
     return paths
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer ≥ 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """An argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {text!r}")
-    return value
-
-
-def method_list(text: str) -> list[str]:
-    """An argparse type: comma-separated names of :data:`~ppl.models.trice.train.METHODS`,
-    at least one, each once."""
-    names = [m.strip() for m in text.split(",")]
-    if not any(names) or any(not m for m in names):
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated method names (no empty entries), got {text!r}; "
-            f"choose from {', '.join(train.METHODS)}"
-        )
-    bad = [m for m in names if m not in train.METHODS]
-    if bad:
-        raise argparse.ArgumentTypeError(
-            f"unknown method(s) {', '.join(bad)}; choose from {', '.join(train.METHODS)}"
-        )
-    repeated = sorted({m for m in names if names.count(m) > 1})
-    if repeated:
-        raise argparse.ArgumentTypeError(f"method(s) named more than once: {', '.join(repeated)}")
-    return names
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description="TRICE vs STaR, rejection sampling, direct and gold tuning.")
     parser.add_argument("--quick", action="store_true", help="CI-sized run")
@@ -464,7 +422,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", type=positive_int, default=None, help="seeds 0..N-1 (default 3)")
     parser.add_argument(
         "--methods",
-        type=method_list,
+        type=name_list(train.METHODS, "method"),
         default=list(train.METHODS),
         help=f"comma-separated (default all: {','.join(train.METHODS)})",
     )

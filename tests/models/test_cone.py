@@ -48,9 +48,9 @@ def _no_training(*args, **kwargs):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--steps", "0"], "argument --steps: must be a positive integer, got '0'"),
-        (["--steps", "ten"], "argument --steps: must be a positive integer, got 'ten'"),
-        (["--seed", "-2"], "argument --seed: must be a non-negative integer, got '-2'"),
+        (["--steps", "0"], "argument --steps: expected a positive integer, got '0'"),
+        (["--steps", "ten"], "argument --steps: expected a positive integer, got 'ten'"),
+        (["--seed", "-2"], "argument --seed: expected a non-negative integer, got '-2'"),
         (["--json", "/nonexistent-folder/cone.json"], "does not exist"),
         (["--figure", "/nonexistent-folder/cone.png"], "--figure path"),
     ],
@@ -86,4 +86,4 @@ def test_cli_misuse_exit_status_from_the_command_line() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "ppl.models.cone", "--steps", "0"], capture_output=True, text=True, timeout=120
     )
-    assert done.returncode == 2 and "must be a positive integer" in done.stderr
+    assert done.returncode == 2 and "expected a positive integer" in done.stderr

@@ -36,9 +36,9 @@ def _no_training(*args, **kwargs):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--steps", "0"], "argument --steps: must be a positive integer, got '0'"),
-        (["--steps", "many"], "argument --steps: must be a positive integer, got 'many'"),
-        (["--seed", "-1"], "argument --seed: must be a non-negative integer, got '-1'"),
+        (["--steps", "0"], "argument --steps: expected a positive integer, got '0'"),
+        (["--steps", "many"], "argument --steps: expected a positive integer, got 'many'"),
+        (["--seed", "-1"], "argument --seed: expected a non-negative integer, got '-1'"),
         (["--json", "/nonexistent-folder/q.json"], "does not exist"),
     ],
 )
@@ -68,4 +68,4 @@ def test_cli_misuse_exit_status_from_the_command_line() -> None:
         text=True,
         timeout=120,
     )
-    assert done.returncode == 2 and "must be a positive integer" in done.stderr
+    assert done.returncode == 2 and "expected a positive integer" in done.stderr

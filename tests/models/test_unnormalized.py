@@ -263,13 +263,13 @@ def _no_run(*args, **kwargs):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--sections", ","], "(an empty entry)"),
+        (["--sections", ","], "(no empty entries)"),
         (["--sections", "landscape,toys"], "unknown section(s) toys; choose from landscape"),
         (["--noises", "fitted,wide"], "unknown noise(s) wide"),
-        (["--digits-noises", ""], "(an empty entry)"),
-        (["--sets", "moons,moons"], "set(s) given twice: moons"),
-        (["--seeds", "0"], "argument --seeds: must be a positive integer, got '0'"),
-        (["--steps", "-5"], "argument --steps: must be a positive integer, got '-5'"),
+        (["--digits-noises", ""], "(no empty entries)"),
+        (["--sets", "moons,moons"], "set(s) named more than once: moons"),
+        (["--seeds", "0"], "argument --seeds: expected a positive integer, got '0'"),
+        (["--steps", "-5"], "argument --steps: expected a positive integer, got '-5'"),
         (["--scale", "huge"], "argument --scale: invalid choice"),
         (["--json", "/nonexistent-folder/out.json"], "does not exist"),
     ],
@@ -304,4 +304,4 @@ def test_cli_misuse_exit_status_from_the_command_line():
         text=True,
         timeout=120,
     )
-    assert done.returncode == 2 and "(an empty entry)" in done.stderr
+    assert done.returncode == 2 and "(no empty entries)" in done.stderr

@@ -22,7 +22,16 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.custom_derivatives import SymbolicZero
+from ppl.transforms._guards import (
+    batch_size,
+    check_params,
+    finite_flags,
+    non_finite_message,
+    probe,
+    raise_in_program,
+    summary,
+    tie,
+)
 from ppl.transforms._ledger import SiteEntry, site_values
 from ppl.transforms._resolution import Config, Explanation
 from ppl.transforms._scope import Aux, finish_deferred, run_scope
@@ -151,7 +160,7 @@ class Estimator:
         if self.in_axes is None:
             value, surrogate, aux, out = self._run_one(key, args, config)
         else:
-            size = _batch_size(args[1:], self.in_axes)
+            size = batch_size(args[1:], self.in_axes)
             keys = jax.random.split(key, size)
             axes = (None, *self.in_axes)
             values, surrogates, aux, out = jax.vmap(
@@ -226,7 +235,7 @@ class Estimator:
         reached: list[bool] = []
 
         def surrogate_fn(p: Any) -> tuple[jax.Array, tuple[Any, Any]]:
-            p = jax.tree_util.tree_map(lambda leaf: _probe(leaf, reached), p)
+            p = jax.tree_util.tree_map(lambda leaf: probe(leaf, reached), p)
             value, surrogate, new_state, _ = self._run(key, (p, *data), state)
             return surrogate, (value, new_state)
 
@@ -234,14 +243,14 @@ class Estimator:
             grad, (value, new_state) = jax.grad(surrogate_fn, has_aux=True)(params)
         except (TypeError, IndexError, KeyError) as e:
             e.add_note(
-                f"(while tracing {self.objective!r} with params = {_summary(params)} and data = "
-                f"{_summary(data)}: the call is value_and_grad(key, params, *data), parameters first)"
+                f"(while tracing {self.objective!r} with params = {summary(params)} and data = "
+                f"{summary(data)}: the call is value_and_grad(key, params, *data), parameters first)"
             )
             raise
         if not any(reached):
             raise ValueError(
                 f"value_and_grad: the value of {self.objective!r} does not depend on params, the first "
-                f"argument after the key (got {_summary(params)}); call value_and_grad(key, params, *data) "
+                f"argument after the key (got {summary(params)}); call value_and_grad(key, params, *data) "
                 "with the parameters to differentiate first and the data after them"
             )
         return Estimate(value, grad, new_state)
@@ -264,7 +273,7 @@ class Estimator:
             def traced(key: jax.Array, args: tuple, state: Any) -> Any:
                 with _checks.mode("carry" if checked else "off"):
                     out = impl(key, args, state)
-                return (_flags(out, self.has_aux), out) if checked else out
+                return (finite_flags(which, out, self.has_aux), out) if checked else out
 
             fn = jax.jit(traced) if self._jit else traced
             self._compiled[(which, checked)] = fn
@@ -276,7 +285,7 @@ class Estimator:
             return self._compiled_fn(which, False)(key, args, state)
         flags, out = self._compiled_fn(which, True)(key, args, state)
         if is_traced(flags):  # inside the caller's jit/vmap: a callback raises
-            return _tie(out, _raise_in_program(flags, self, which))
+            return tie(out, raise_in_program(flags, self, which))
         previous, self._pending = self._pending, None
         first = self._calls == 0
         self._calls += 1
@@ -314,9 +323,9 @@ class Estimator:
             raise ValueError(f"{e}{suffix}") from None
         if recorded:
             raise ValueError(recorded[0][1] + suffix)
-        raise ValueError(_non_finite_message(self, which, args, flags) + suffix)
+        raise ValueError(non_finite_message(self.objective, which, args[0], flags) + suffix)
 
-        # -- public ----------------------------------------------------------------
+    # -- public ----------------------------------------------------------------
 
     def init(self, params: Any = None, *data: Any) -> dict[str, Any]:
         """The estimator state: one entry per site with a stateful baseline or estimator."""
@@ -338,13 +347,13 @@ class Estimator:
         if self.in_axes is None:
             self._run_one(key, args, config)
         else:
-            keys = jax.random.split(key, _batch_size(args[1:], self.in_axes))
+            keys = jax.random.split(key, batch_size(args[1:], self.in_axes))
             axes = (None, *self.in_axes)
             jax.vmap(lambda k, a: self._run_one(k, a, config)[0], in_axes=(0, axes))(keys, args)
 
     def value_and_grad(self, key: jax.Array, params: Any, *data: Any, state: Any = None) -> Estimate:
         """``(value, grad, state)``: the objective's value, its gradient w.r.t. ``params``, the new state."""
-        _check_params(params)
+        check_params(params)
         return self._call("value_and_grad", key, (params, *data), state)
 
     def grad(self, key: jax.Array, params: Any, *data: Any, state: Any = None) -> Any:
@@ -391,123 +400,6 @@ class Estimator:
         if show:
             print(explanation)
         return explanation
-
-
-def _tie(out: Any, zero: jax.Array) -> Any:
-    """``out`` with ``zero`` added to every floating leaf, so a check computing it is never pruned."""
-
-    def add(x: Any) -> Any:
-        return x + zero.astype(x.dtype) if jnp.issubdtype(jnp.result_type(x), jnp.inexact) else x
-
-    return jax.tree_util.tree_map(add, out)
-
-
-def _flags(out: Any, has_aux: bool) -> jax.Array:
-    """``[value finite, each gradient leaf finite...]`` (for ``estimate``: value not NaN)."""
-    if isinstance(out, Estimate):
-        value = out.value[0] if has_aux else out.value
-        leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(out.grad)]
-        return jnp.stack([jnp.isfinite(value), *leaves])
-    value = out[0] if has_aux else out
-    return jnp.reshape(~jnp.any(jnp.isnan(value)), (1,))
-
-
-def _non_finite_message(estimator: Estimator, which: str, args: tuple, flags: np.ndarray) -> str:
-    checked = "every distribution parameter and given value passed its checks"
-    if not flags[0]:
-        what = "value" if which == "value_and_grad" else "estimate"
-        return (
-            f"the {what} of {estimator.objective!r} is not finite while {checked}: a log of 0, an "
-            "overflow, or parameters that diverged"
-        )
-    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(args[0])]
-    bad = [p for p, ok in zip(paths, flags[1:]) if not ok]
-    return (
-        f"the gradient of params{bad[0]} has a non-finite entry while the value is finite and {checked}: "
-        "a log or a division at a boundary value, or an overflow in the gradient"
-    )
-
-
-def _raise_in_program(flags: jax.Array, estimator: Estimator, which: str) -> jax.Array:
-    """Inside an enclosing trace: a zero that raises (a host callback) when a flag is down.
-
-    Added to the outputs, so it cannot be pruned; under ``vmap`` it runs once for the batch.
-    """
-    ndim = np.ndim(flags)
-
-    def check(concrete: Any) -> np.ndarray:
-        concrete = np.asarray(concrete)
-        down = ~concrete.reshape(-1, concrete.shape[-1]).all(axis=-1)
-        if down.any():
-            index = int(np.argmax(down))
-            raise ValueError(
-                f"{estimator!r}: the {which} step has a non-finite value or gradient (at mapped index "
-                f"{index}): call estimator.diagnose(key, params, *data) outside jit/vmap with that "
-                "element's arguments to find the site"
-            )
-        return np.zeros(concrete.shape[: concrete.ndim - ndim], np.float32)
-
-    return jax.pure_callback(check, jax.ShapeDtypeStruct((), jnp.float32), flags, vmap_method="broadcast_all")
-
-
-def _probe(leaf: Any, reached: list[bool]) -> Any:
-    """Identity on a parameter leaf that records (at trace time) whether a gradient reaches it."""
-    if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
-        return leaf
-
-    @jax.custom_vjp
-    def probe(x: jax.Array) -> jax.Array:
-        return x
-
-    def fwd(x: Any) -> tuple[jax.Array, None]:
-        return x.value, None
-
-    def bwd(_: None, g: Any) -> tuple[Any]:
-        if not isinstance(g, SymbolicZero):
-            reached.append(True)
-        return (g,)
-
-    probe.defvjp(fwd, bwd, symbolic_zeros=True)
-    return probe(leaf)
-
-
-def _summary(tree: Any) -> str:
-    leaves = jax.tree_util.tree_leaves(tree)
-    if not leaves:
-        return "an empty pytree"
-    shapes = ", ".join(f"{jnp.result_type(x)}{list(jnp.shape(x))}" for x in leaves[:4])
-    return f"{len(leaves)} leaves: {shapes}" + (", ..." if len(leaves) > 4 else "")
-
-
-def _check_params(params: Any) -> None:
-    """``params`` must be a non-empty pytree of floating arrays (what can be differentiated)."""
-    leaves = jax.tree_util.tree_leaves_with_path(params)
-    if not leaves:
-        raise ValueError(
-            "value_and_grad: params (the first argument after the key) is empty; pass the parameters "
-            "to differentiate, then the data"
-        )
-    for path, leaf in leaves:
-        dtype = jnp.result_type(leaf)
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise TypeError(
-                f"value_and_grad: params{jax.tree_util.keystr(path)} has dtype {dtype}; params (the first "
-                "argument after the key) are differentiated, so they must be floating-point: pass integer "
-                "or boolean data after them, as value_and_grad(key, params, *data)"
-            )
-
-
-def _batch_size(data: tuple, in_axes: tuple) -> int:
-    """The mapped size, found the way ``jax.vmap`` matches ``in_axes`` to ``data``."""
-    if len(in_axes) != len(data):
-        raise ValueError(
-            f"in_axes has {len(in_axes)} entries for {len(data)} data arguments (params are shared, "
-            "so in_axes has one entry per argument after params)"
-        )
-    if all(a is None for a in jax.tree_util.tree_leaves(in_axes, is_leaf=lambda a: a is None)):
-        raise ValueError("in_axes maps no argument: give at least one batched data argument")
-    ones = jax.vmap(lambda *a: jnp.zeros(()), in_axes=in_axes)
-    return jax.eval_shape(ones, *data).shape[0]
 
 
 class _InitState(dict):

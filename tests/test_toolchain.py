@@ -24,7 +24,8 @@ _spec.loader.exec_module(toolchain)
 
 README = (ROOT / "README.md").read_text()
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-FIRST_PARTY = {"ppl", "tests", "transforms", "models"}
+# Our packages, and the benchmark scripts the CLI tests import from benchmarks/ (on sys.path).
+FIRST_PARTY = {"ppl", "tests", "transforms", "models"} | {p.stem for p in (ROOT / "benchmarks").glob("*.py")}
 
 
 def _normalize(name: str) -> str:

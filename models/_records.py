@@ -9,6 +9,7 @@ types below reject bad flags at parse time (argparse then exits with status 2 an
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
@@ -139,6 +140,19 @@ def output_path(what: str) -> Callable[[str], str]:
             raise argparse.ArgumentTypeError(str(e)) from None
 
     return check
+
+
+def read_report(
+    parser: argparse.ArgumentParser, path: str, format_report: Callable[[dict[str, Any]], str]
+) -> tuple[dict[str, Any], str]:
+    """``--report PATH``: a benchmark record and its tables, or ``parser.error`` (exit 2) when the
+    file cannot be read or is not a record ``format_report`` understands."""
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        return record, format_report(record)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        parser.error(f"--report {path!r}: not a readable benchmark record ({e})")
 
 
 # -- results -------------------------------------------------------------------------

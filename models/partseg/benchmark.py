@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -58,7 +57,14 @@ from typing import Any
 
 import jax
 import numpy as np
-from ppl.models._records import int_at_least, machine_info, name_list, nonnegative_int, positive_int
+from ppl.models._records import (
+    int_at_least,
+    machine_info,
+    name_list,
+    nonnegative_int,
+    positive_int,
+    read_report,
+)
 from ppl.models.partseg import data, em, metrics, pipeline, postprocess
 from ppl.models.partseg.masks import NOISE_LEVELS, MaskNoise
 from ppl.models.partseg.types import CATEGORIES, PART_CLASSES
@@ -574,12 +580,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
 
     if args.report:
-        try:
-            with open(args.report) as f:
-                record = json.load(f)
-            text = format_report(record)
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            parser.error(f"--report {args.report!r}: not a readable benchmark record ({e})")
+        record, text = read_report(parser, args.report, format_report)
         print(text)
         if not record.get("complete", True):
             print("(partial record: the run stopped before its end)")

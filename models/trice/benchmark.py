@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import time
@@ -47,7 +46,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ppl.models._records import machine_info, name_list, positive_float, positive_int
+from ppl.models._records import machine_info, name_list, positive_float, positive_int, read_report
 from ppl.models.trice import pretrain, tasks, train, trice
 
 from ppl import transforms as T
@@ -436,12 +435,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--report", default=None, help="print the tables of a JSON record and exit")
     args = parser.parse_args(argv)
     if args.report:
-        try:
-            with open(args.report) as f:
-                record = json.load(f)
-            text = format_report(record)
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            parser.error(f"--report {args.report!r}: not a readable benchmark record ({e})")
+        record, text = read_report(parser, args.report, format_report)
         print(text)
         return record
     preset = dict(QUICK if args.quick else DEFAULT)

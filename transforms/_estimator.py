@@ -64,9 +64,12 @@ class Estimate(NamedTuple):
     state: dict[str, Any]
 
 
-def particle_count(particles: Any, what: str = "particles") -> int:
-    """``particles`` as a positive Python int (NumPy integers accepted)."""
+def positive_count(particles: Any, what: str = "particles") -> int:
+    """A count (particles, samples, steps) as a positive Python int (NumPy integers accepted,
+    booleans refused)."""
     try:
+        if isinstance(particles, bool | np.bool_):
+            raise TypeError
         count = operator.index(particles)
     except TypeError:
         raise TypeError(f"{what} must be a positive integer, got {particles!r}") from None
@@ -109,7 +112,7 @@ class Estimator:
         jit: bool = True,
         checks: str | None = None,
     ):
-        self.particles = particle_count(particles)
+        self.particles = positive_count(particles)
         if reduce not in ("mean", "sum"):
             raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
         if in_axes is not None and not isinstance(in_axes, tuple):

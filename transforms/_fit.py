@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from ppl.transforms._checkpoint import load_checkpoint, save_checkpoint
-from ppl.transforms._estimator import Estimator
+from ppl.transforms._estimator import Estimator, positive_count
 from ppl.transforms._files import check_output_path
 from tqdm.auto import tqdm
 
@@ -52,12 +52,6 @@ class FitResult:
     state: dict[str, Any]
     values: np.ndarray
     evaluations: list[tuple[int, Any]]
-
-
-def _positive(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"fit: {what} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def fit(
@@ -110,9 +104,13 @@ def fit(
         >>> bool(abs(result.params - 3.0) < 0.5)
         True
     """
-    steps = _positive(steps, "steps")
-    evaluate_every = steps if evaluate_every is None else _positive(evaluate_every, "evaluate_every")
-    checkpoint_every = steps if checkpoint_every is None else _positive(checkpoint_every, "checkpoint_every")
+    steps = positive_count(steps, "fit: steps")
+    evaluate_every = (
+        steps if evaluate_every is None else positive_count(evaluate_every, "fit: evaluate_every")
+    )
+    checkpoint_every = (
+        steps if checkpoint_every is None else positive_count(checkpoint_every, "fit: checkpoint_every")
+    )
     if not isinstance(estimator, Estimator):
         raise TypeError(f"fit: estimator must be an Estimator (objective.estimator(...)), got {estimator!r}")
     if checkpoint is not None:

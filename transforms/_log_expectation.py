@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from ppl.transforms._baselines import leave_one_out_mean
-from ppl.transforms._estimator import particle_count
+from ppl.transforms._estimator import positive_count
 from ppl.transforms._ledger import BlockEntry, SiteEntry, join, split
 from ppl.transforms._scope import EstimatorHandler, _cost_sum, per_element
 from ppl.transforms._strategies import LogExpectationEstimator
@@ -209,7 +209,7 @@ def log_expectation(
     handler = current()
     if not isinstance(handler, EstimatorHandler):
         raise RuntimeError("log_expectation is only available inside an @expectation objective program")
-    samples = particle_count(samples, f"log_expectation at '{address}': samples")
+    samples = positive_count(samples, f"log_expectation at '{address}': samples")
     local = as_address(address)
     handler.claim(local, "log_expectation")
     full = handler.base + handler._prefix + local

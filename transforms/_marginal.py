@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
-from ppl.transforms._estimator import particle_count
+from ppl.transforms._estimator import positive_count
 from ppl.transforms._expectation import _check_gen, _handler, _run_frame, density, generate, sim
 from ppl.transforms._numerics import log_mean_exp
 from ppl.transforms._resolution import Config
@@ -95,7 +95,7 @@ class SIR(Inference):
 
 def sir(particles: int, proposal: GenerativeFunction | None = None) -> SIR:
     """SIR inference with ``particles`` particles; see :class:`SIR`."""
-    particles = particle_count(particles, "sir: particles")
+    particles = positive_count(particles, "sir: particles")
     if proposal is not None:
         _check_gen(proposal, "sir's proposal")
     return SIR(particles, proposal)

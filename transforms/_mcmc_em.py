@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 from ppl.transforms._baselines import leave_one_out_mean
-from ppl.transforms._estimator import particle_count
+from ppl.transforms._estimator import positive_count
 from ppl.transforms._expectation import Expectation, _check_gen, expectation, sim
 from ppl.transforms._marginal import normalize
 from ppl.transforms._mcmc import independence_mh, mcmc
@@ -220,7 +220,7 @@ def mcmc_em_control_variate(
     """:func:`mcmc_em` with TRICE's leave-one-out control variate; with ``samples=L``, its
     subsampled form (systematic resampling of the ``2M`` items, module docstring)."""
     if samples is not None:
-        samples = particle_count(samples, "mcmc_em_control_variate: samples")
+        samples = positive_count(samples, "mcmc_em_control_variate: samples")
 
     def value_of(step: _Step) -> tuple[jax.Array, jax.Array]:
         beta = leave_one_out_mean(step.accepted, weights=step.valid)

@@ -31,7 +31,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from ppl.transforms._baselines import leave_one_out_mean
-from ppl.transforms._estimator import particle_count
+from ppl.transforms._estimator import positive_count
 from ppl.transforms._expectation import (
     Expectation,
     density,
@@ -158,7 +158,7 @@ def iwelbo(model: GenerativeFunction, guide: GenerativeFunction, particles: int)
     Nondecreasing in ``K``; ``K = 1`` is the ELBO. The gradient is each site's strategy
     applied to the bound: unbiased. See :func:`iwelbo_dreg` and :func:`iwelbo_stl`.
     """
-    particles = particle_count(particles, "iwelbo: particles")
+    particles = positive_count(particles, "iwelbo: particles")
 
     @expectation
     def objective(params: Any, observations: ChoiceMap, *args: Any) -> jax.Array:
@@ -171,7 +171,7 @@ def iwelbo(model: GenerativeFunction, guide: GenerativeFunction, particles: int)
 def iwelbo_stl(model: GenerativeFunction, guide: GenerativeFunction, particles: int) -> Expectation:
     """IWELBO(K) with ``log q`` at stopped parameters: unbiased for ``K = 1`` only, biased for
     ``K > 1`` (Tucker et al. 2018, section 3)."""
-    particles = particle_count(particles, "iwelbo_stl: particles")
+    particles = positive_count(particles, "iwelbo_stl: particles")
     _check_exact_density(guide, "iwelbo_stl")
 
     @expectation
@@ -189,7 +189,7 @@ def iwelbo_dreg(model: GenerativeFunction, guide: GenerativeFunction, particles:
     ``Σ_k w̃_k ∇θ log p(x, z_k)``; unbiased for reparameterized guides (every guide site's
     strategy must be pathwise), zero at the exact posterior.
     """
-    particles = particle_count(particles, "iwelbo_dreg: particles")
+    particles = positive_count(particles, "iwelbo_dreg: particles")
     _check_exact_density(guide, "iwelbo_dreg")
 
     @expectation
@@ -217,7 +217,7 @@ def vimco(model: GenerativeFunction, guide: GenerativeFunction, particles: int) 
     :func:`leave_one_out_mean`). Unbiased for the gradient of IWELBO(K); needs
     ``K ≥ 2``.
     """
-    particles = particle_count(particles, "vimco: particles")
+    particles = positive_count(particles, "vimco: particles")
     _check_exact_density(guide, "vimco")
     if particles < 2:
         raise ValueError(f"vimco needs particles >= 2 for its leave-one-out baselines, got {particles}")
@@ -245,7 +245,7 @@ def renyi(model: GenerativeFunction, guide: GenerativeFunction, alpha: float, pa
     Monte Carlo objective, which for ``α ∉ {0, 1}`` is itself a biased estimate
     of the Rényi divergence bound (Li & Turner 2016).
     """
-    particles = particle_count(particles, "renyi: particles")
+    particles = positive_count(particles, "renyi: particles")
     if not isinstance(alpha, int | float) or alpha < 0:
         raise ValueError(f"renyi: alpha must be a number >= 0, got {alpha!r}")
 
@@ -269,7 +269,7 @@ def wake_p(model: GenerativeFunction, guide: GenerativeFunction, particles: int)
     ``∇θ log p(x) = E_{p(z|x)}[∇θ log p(x, z)]``: biased for finite ``K``, consistent as
     ``K → ∞``.
     """
-    particles = particle_count(particles, "wake_p: particles")
+    particles = positive_count(particles, "wake_p: particles")
     _check_exact_density(guide, "wake_p")
 
     @expectation
@@ -298,7 +298,7 @@ def wake_q(model: GenerativeFunction, guide: GenerativeFunction, particles: int)
     ``∇φ E_{p(z|x)}[log q(z)] = -∇φ KL(p(z|x) ‖ q)``: biased for finite ``K``,
     consistent as ``K → ∞``.
     """
-    particles = particle_count(particles, "wake_q: particles")
+    particles = positive_count(particles, "wake_q: particles")
     _check_exact_density(guide, "wake_q")
 
     @expectation
@@ -316,7 +316,7 @@ def forward_kl(model: GenerativeFunction, guide: GenerativeFunction, particles: 
     gradient (through the guide's density only) that of :func:`wake_q`. Biased for finite
     ``K`` (self-normalized), consistent as ``K → ∞``.
     """
-    particles = particle_count(particles, "forward_kl: particles")
+    particles = positive_count(particles, "forward_kl: particles")
     _check_exact_density(guide, "forward_kl")
 
     @expectation

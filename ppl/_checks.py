@@ -4,11 +4,13 @@
 eagerly) is decided at once and raises :class:`ValueError`. A traced one cannot raise inside
 the compiled program, so its outcome is returned for the caller to *poison* what it guards
 (the site's log density, its value): a failed check turns into a NaN in the objective's value,
-which flows through ``vmap``, ``scan``, ``cond`` and any transformation of the user's. The
-estimators return a few finiteness flags beside each step (no host synchronization inside the
-step) and, when one is down, re-run that step in :func:`diagnosing` mode, where traced checks
-are recorded by host callbacks and the first failed one (in program order) is raised with its
-message: the address, the distribution, the offending value and the valid set.
+which flows through ``vmap``, ``scan``, ``cond`` and any transformation of the user's. Inside
+an estimator the outcome stays element by element, poisoning the log density's elements
+before their sum (no reduction of its own; :func:`held` reads the site's flag off the sum).
+The estimators return two finiteness flags beside each step (no host synchronization inside
+the step) and, when one is down, re-run that step in :func:`diagnosing` mode, where traced
+checks are recorded by host callbacks and the first failed one (in program order) is raised
+with its message: the address, the distribution, the offending value and the valid set.
 
 Outside any estimator (a program the user jits), a traced check raises through a host callback
 while runtime checks are on (:func:`set_runtime_checks`).
@@ -79,17 +81,21 @@ def first_failing(ok: jax.Array, value: jax.Array) -> jax.Array:
 
 
 def require(ok: Any, message: str, value: Any = None) -> jax.Array:
-    """Whether every entry of ``ok`` holds (a scalar), raising or recording a failure.
+    """Whether the entries of ``ok`` hold, raising or recording a failure.
 
     ``message`` is a ``str.format`` template with one field, ``{value}``, filled with the
     first entry of ``value`` where ``ok`` fails (escape other braces with :func:`escape`).
     Concrete: raises ``ValueError`` now. Traced: see the module docstring; the caller
-    poisons what the check guards with the returned flag.
+    poisons what the check guards with the returned outcome, which broadcasts to ``ok``'s
+    shape: ``ok`` itself while an estimator carries checks (poisoning element by element
+    fuses into the guarded computation), otherwise a scalar.
     """
     current = _MODE[-1] if _MODE else None
     if current == "off":
         return jnp.asarray(True)
     elementwise = jnp.asarray(ok)
+    if current == "carry" and is_traced(elementwise):
+        return elementwise  # no reduction: the caller poisons element by element
     ok = jnp.all(elementwise)
     try:
         # A concrete outcome about a traced value (a comparison under grad) is shown, like a
@@ -150,6 +156,18 @@ def diagnosing() -> Iterator[list[tuple[int, str]]]:
     _REGISTERED[0] = 0
     with mode("diagnose"):
         yield _FAILURES
+
+
+def held(log_prob: jax.Array, ok: Any) -> jax.Array:
+    """A site's checks as one scalar, given its ``log_prob`` poisoned with their outcome ``ok``.
+
+    While an estimator carries checks, a failed element made ``log_prob`` NaN, so the scalar is
+    read off it (no reduction over ``ok``); otherwise ``ok`` is already a scalar or concrete.
+    """
+    ok = jnp.asarray(ok)
+    if _MODE and _MODE[-1] == "carry" and is_traced(ok):
+        return ~jnp.isnan(log_prob)
+    return jnp.all(ok)
 
 
 def poison(x: Any, ok: jax.Array) -> Any:

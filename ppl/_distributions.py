@@ -12,7 +12,7 @@ import numpy as np
 import numpyro.distributions as nd
 from numpyro.distributions import constraints
 
-from ppl._checks import escape, require
+from ppl._checks import escape, poison, require
 from ppl._choice_map import Address, format_address
 
 #: Joint supports larger than this are not enumerated.
@@ -34,13 +34,36 @@ def as_distribution(d: Any, addr: Address) -> nd.Distribution:
 
 
 def name(d: nd.Distribution) -> str:
-    """The distribution's name for messages (the wrapped name for adapters)."""
+    """The distribution's name for messages (the wrapped name for adapters; ``Normal.to_event(1)``
+    for an ``Independent`` over a ``Normal``)."""
+    if isinstance(d, nd.Independent):
+        return f"{name(d.base_dist)}.to_event({d.reinterpreted_batch_ndims})"
     return getattr(d, "display_name", type(d).__name__)
 
 
-def site_log_prob(d: nd.Distribution, value: Any) -> jax.Array:
-    """Log density of a site's value, summed over the distribution's batch shape."""
-    return jnp.sum(d.log_prob(value))
+def elementwise(d: nd.Distribution) -> nd.Distribution:
+    """``d`` under its ``Independent`` wrappers: the distribution whose ``log_prob`` has one entry
+    per element the site's checks judge (their outcomes broadcast to its ``batch_shape``)."""
+    while isinstance(d, nd.Independent):
+        d = d.base_dist
+    return d
+
+
+def site_log_prob(d: nd.Distribution, value: Any, ok: Any = True) -> jax.Array:
+    """Log density of a site's value, summed over the distribution's batch shape, NaN where the
+    check outcome ``ok`` (broadcastable to ``elementwise(d).batch_shape``) fails.
+
+    Poisoning each element before the sum keeps a traced check inside the log density's own
+    fused loop: no reduction of its own (see :func:`ppl._checks.held`).
+    """
+    return jnp.sum(poison(elementwise(d).log_prob(value), ok))
+
+
+def poison_sample(d: nd.Distribution, value: Any, ok: Any) -> Any:
+    """A sampled ``value`` with NaN in the elements whose parameter checks ``ok`` failed."""
+    ok = jnp.asarray(ok)
+    event_ndim = len(elementwise(d).event_shape)
+    return poison(value, ok.reshape(ok.shape + (1,) * event_ndim) if ok.ndim else ok)
 
 
 def describe(constraint: constraints.Constraint) -> str:
@@ -96,9 +119,25 @@ def check_parameters(addr: Address, d: nd.Distribution) -> jax.Array:
     """Whether each given parameter of ``d`` lies in its constraint (NaN/inf included).
 
     Only parameters the distribution holds (not lazily derived ones) are checked;
-    dependent constraints (``Uniform``'s bounds) are not checks. Returns the traced
-    outcome (see :func:`ppl._checks.require`) for the caller to poison the site with.
+    dependent constraints (``Uniform``'s bounds) are not checks. The parameters of the
+    distributions inside ``Independent``, ``ExpandedDistribution`` and ``MaskedDistribution``
+    are checked (masked-out elements too: only data may be padding). Returns the outcome broadcastable to
+    ``elementwise(d).batch_shape`` (see :func:`ppl._checks.require`) for the caller to
+    poison the site with.
     """
+    return _parameters_ok(addr, elementwise(d))
+
+
+def _parameters_ok(addr: Address, d: nd.Distribution) -> jax.Array:
+    """The outcome of ``d``'s parameter checks, broadcastable to ``d.batch_shape``."""
+    if isinstance(d, nd.Independent):
+        ok = jnp.asarray(_parameters_ok(addr, d.base_dist))
+        reinterpreted = d.reinterpreted_batch_ndims
+        return jnp.all(ok, axis=tuple(range(max(ok.ndim - reinterpreted, 0), ok.ndim)))
+    if isinstance(d, nd.ExpandedDistribution):
+        return _parameters_ok(addr, d.base_dist)
+    if isinstance(d, nd.MaskedDistribution):  # parameters hold everywhere; data may be padding
+        return _parameters_ok(addr, d.base_dist)
     arg_constraints = getattr(d, "arg_constraints", None) or {}
     held = vars(d)
     ok = jnp.asarray(True)
@@ -116,6 +155,14 @@ def check_parameters(addr: Address, d: nd.Distribution) -> jax.Array:
             value,
         )
     return ok
+
+
+def _unmasked(d: nd.MaskedDistribution, ok: Any) -> Any:
+    """``ok``, held wherever ``d`` masks its elements out."""
+    mask = getattr(d, "_mask", True)
+    if isinstance(mask, bool):
+        return ok if mask else jnp.ones_like(ok)
+    return ok | ~jnp.asarray(mask)
 
 
 def check_value(addr: Address, d: nd.Distribution, value: Any, role: str) -> tuple[jax.Array, jax.Array]:
@@ -140,9 +187,13 @@ def check_value(addr: Address, d: nd.Distribution, value: Any, role: str) -> tup
     real = jnp.issubdtype(value.dtype, jnp.number) or value.dtype == jnp.bool_
     if not real or jnp.issubdtype(value.dtype, jnp.complexfloating):
         raise TypeError(f"{where}: {role} has dtype {value.dtype}; sample sites take real numbers")
-    support = d.support
+    per_element = elementwise(d)
+    support = per_element.support
+    inside = support(value)
+    if isinstance(per_element, nd.MaskedDistribution):
+        inside = _unmasked(per_element, inside)
     ok = require(
-        support(value),
+        inside,
         escape(f"{where}: {role} is ") + "{value}" + escape(f", outside the support ({describe(support)})"),
         value,
     )

@@ -7,9 +7,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ppl._checks import poison
 from ppl._choice_map import Address, format_address, listing, subtree, suggest
-from ppl._distributions import check_parameters, check_value, name, site_log_prob
+from ppl._distributions import check_parameters, check_value, name, poison_sample, site_log_prob
 from ppl._handlers import Handler, check_leading_axis
 
 
@@ -57,7 +56,7 @@ class Interpreter(Handler):
             )
             if self.key is not None:
                 self.counter += 1
-            lp = poison(site_log_prob(d, value), ok & given_ok)
+            lp = site_log_prob(d, value, ok & given_ok)
             self.weight = self.weight + lp
         elif self.key is None:
             given = [self.base + a for a in self.constraints]
@@ -67,8 +66,8 @@ class Interpreter(Handler):
                 f"the choice map has {listing(given)}{suggest(self.base + full, given)}"
             )
         else:
-            value = poison(d.sample(self.next_key()), ok)
-            lp = poison(site_log_prob(d, value), ok)
+            value = poison_sample(d, d.sample(self.next_key()), ok)
+            lp = site_log_prob(d, value, ok)
         self.choices[full] = value
         self.score = self.score + lp
         return value

@@ -235,6 +235,7 @@ class Estimator:
     # -- the compiled steps ----------------------------------------------------
     def _value_and_grad_impl(self, key: jax.Array, args: tuple, state: Any) -> Estimate:
         params, data = args[0], args[1:]
+        check_params(params)  # at trace time: dtypes and structure are what jit compiles for
         reached: list[bool] = []
 
         def surrogate_fn(p: Any) -> tuple[jax.Array, tuple[Any, Any]]:
@@ -296,7 +297,7 @@ class Estimator:
             self._settle(
                 previous, "the previous call of this estimator (reported one call late: checks='deferred')"
             )
-        current = (which, key, args, state, flags)
+        current = (which, key, args, state, flags, out)
         if mode == "sync" or first:
             self._settle(current, None)
         else:
@@ -305,28 +306,34 @@ class Estimator:
 
     def _settle(self, call: tuple, when: str | None) -> None:
         """Block on a call's flags; if one is down, diagnose the call and raise."""
-        which, key, args, state, flags = call
-        flags = np.asarray(flags)
-        if flags.all():
+        which, key, args, state, flags, out = call
+        if np.asarray(flags).all():
             return
-        self._diagnose(which, key, args, state, flags, when)
+        self._diagnose(which, key, args, state, out, when)
 
     def _diagnose(
-        self, which: str, key: jax.Array, args: tuple, state: Any, flags: Any, when: str | None
+        self, which: str, key: jax.Array, args: tuple, state: Any, out: Any, when: str | None
     ) -> None:
-        """Re-run a failed call eagerly with traced checks recorded; raise the first failure."""
+        """Re-run a call eagerly with traced checks recorded; raise the first failure, else say
+        which of the output's value or gradient leaves (``out``'s, or the re-run's) is not finite."""
         suffix = "" if when is None else f" [in {when}]"
         impl = self._value_and_grad_impl if which == "value_and_grad" else self._estimate_impl
         try:
             with _checks.diagnosing() as failures:
-                jax.block_until_ready(impl(key, args, state))
+                rerun = jax.block_until_ready(impl(key, args, state))
                 jax.effects_barrier()
                 recorded = sorted(failures)
         except ValueError as e:
             raise ValueError(f"{e}{suffix}") from None
         if recorded:
             raise ValueError(recorded[0][1] + suffix)
-        raise ValueError(non_finite_message(self.objective, which, args[0], flags) + suffix)
+        message = non_finite_message(
+            self.objective, which, args[0], rerun if out is None else out, self.has_aux
+        )
+        if message is not None:
+            raise ValueError(message + suffix)
+        if out is not None:  # the compiled step's flags were down, yet nothing is found
+            raise ValueError(f"{self!r}: the {which} step reported a non-finite result{suffix}")
 
     # -- public ----------------------------------------------------------------
 
@@ -356,7 +363,6 @@ class Estimator:
 
     def value_and_grad(self, key: jax.Array, params: Any, *data: Any, state: Any = None) -> Estimate:
         """``(value, grad, state)``: the objective's value, its gradient w.r.t. ``params``, the new state."""
-        check_params(params)
         return self._call("value_and_grad", key, (params, *data), state)
 
     def grad(self, key: jax.Array, params: Any, *data: Any, state: Any = None) -> Any:
@@ -375,11 +381,12 @@ class Estimator:
             self._settle(pending, "the last call of this estimator")
 
     def diagnose(self, key: jax.Array, params: Any, *data: Any, state: Any = None) -> None:
-        """Run ``value_and_grad`` eagerly with every traced check recorded; raise the first failure.
+        """Run ``value_and_grad`` eagerly with every traced check recorded; raise the first failure
+        (or name the non-finite value or gradient leaf); return ``None`` when all is well.
 
         For a failure seen inside your own ``jit``/``vmap``, where the estimator cannot re-run.
         """
-        self._diagnose("value_and_grad", key, (params, *data), state, np.zeros(1, bool), None)
+        self._diagnose("value_and_grad", key, (params, *data), state, None, None)
 
     def explain(self, params: Any = None, *data: Any, show: bool = True) -> Explanation:
         """Per address: the strategy, its baseline and the rule that chose it (printed when ``show``).

@@ -1,9 +1,10 @@
 """What an estimator checks of its inputs and outputs, and the pieces its messages use.
 
 The parameters must be floating and reach the value (:func:`check_params`, :func:`probe`);
-the compiled step reports whether its value and each gradient leaf are finite
-(:func:`finite_flags`), and inside a caller's own ``jit``/``vmap`` a host callback raises when
-one is not (:func:`raise_in_program`, kept alive by :func:`tie`).
+the compiled step reports whether its value and its gradient are finite
+(:func:`finite_flags`; :func:`non_finite_message` finds the leaf on the host), and inside a
+caller's own ``jit``/``vmap`` a host callback raises when one is not
+(:func:`raise_in_program`, kept alive by :func:`tie`).
 """
 
 from __future__ import annotations
@@ -26,32 +27,64 @@ def tie(out: Any, zero: jax.Array) -> Any:
 
 
 def finite_flags(which: str, out: Any, has_aux: bool) -> jax.Array:
-    """``[value finite, each gradient leaf finite...]`` of a ``value_and_grad`` step's
-    ``Estimate``; of an ``estimate`` step's output: ``[value not NaN]``."""
-    if which == "value_and_grad":
-        value = out.value[0] if has_aux else out.value
-        leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(out.grad)]
-        return jnp.stack([jnp.isfinite(value), *leaves])
-    value = out[0] if has_aux else out
-    return jnp.reshape(~jnp.any(jnp.isnan(value)), (1,))
+    """``[value finite, every gradient leaf finite]`` of a ``value_and_grad`` step's
+    ``Estimate``; of an ``estimate`` step's output: ``[value not NaN]``.
+
+    The gradient is screened by one number, the sum of all its entries (a NaN or an inf
+    anywhere makes it non-finite); only when that sum is not finite, which an overflow of
+    finite entries can also cause, are the leaves checked entry by entry. Per 2-d or larger
+    leaf the sum is a product with a vector of ones, which runs multithreaded where a
+    reduction over a boolean mask does not.
+    """
+    if which != "value_and_grad":
+        value = out[0] if has_aux else out
+        return jnp.reshape(~jnp.any(jnp.isnan(value)), (1,))
+    value = out.value[0] if has_aux else out.value
+    leaves = [x for x in jax.tree_util.tree_leaves(out.grad) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    if not leaves:
+        return jnp.stack([jnp.isfinite(value), jnp.asarray(True)])
+    screen = jnp.isfinite(sum(_entry_sum(x) for x in leaves))
+    grad_ok = jax.lax.cond(
+        screen,
+        lambda: jnp.asarray(True),
+        lambda: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])),
+    )
+    return jnp.stack([jnp.isfinite(value), grad_ok])
 
 
-def non_finite_message(objective: Any, which: str, params: Any, flags: np.ndarray) -> str:
-    """Why a step's flags are down when no distribution check failed: the value, or which
-    gradient leaf (by its path in ``params``), is not finite."""
+def _entry_sum(x: jax.Array) -> jax.Array:
+    """The sum of ``x``'s entries, in at least float32."""
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    if x.ndim < 2:
+        return jnp.sum(x)
+    return jnp.sum(jnp.ones(x.shape[0], x.dtype) @ x.reshape(x.shape[0], -1))
+
+
+def non_finite_message(objective: Any, which: str, params: Any, out: Any, has_aux: bool) -> str | None:
+    """Why a step failed when no distribution check did: its value, or which gradient leaf
+    (by its path in ``params``), is not finite; ``None`` when both are finite."""
     checked = "every distribution parameter and given value passed its checks"
-    if not flags[0]:
+    if which == "value_and_grad":
+        value, grad = out.value, out.grad
+    else:
+        value, grad = out, None
+    value = np.asarray(value[0] if has_aux else value)
+    if np.isnan(value).any() if grad is None else not np.isfinite(value).all():
         what = "value" if which == "value_and_grad" else "estimate"
         return (
             f"the {what} of {objective!r} is not finite while {checked}: a log of 0, an "
             "overflow, or parameters that diverged"
         )
+    if grad is None:
+        return None
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
-    bad = [p for p, ok in zip(paths, flags[1:]) if not ok]
-    return (
-        f"the gradient of params{bad[0]} has a non-finite entry while the value is finite and {checked}: "
-        "a log or a division at a boundary value, or an overflow in the gradient"
-    )
+    for path, leaf in zip(paths, jax.tree_util.tree_leaves(grad), strict=True):
+        if not np.all(np.isfinite(np.asarray(leaf))):
+            return (
+                f"the gradient of params{path} has a non-finite entry while the value is finite and "
+                f"{checked}: a log or a division at a boundary value, or an overflow in the gradient"
+            )
+    return None
 
 
 def raise_in_program(flags: jax.Array, estimator: Any, which: str) -> jax.Array:

@@ -33,9 +33,9 @@ from ppl.transforms._ledger import (
 from ppl.transforms._resolution import Config
 from ppl.transforms._strategies import Site, Strategy
 
-from ppl._checks import poison
+from ppl._checks import held, poison
 from ppl._choice_map import Address, format_address, subtree
-from ppl._distributions import check_parameters, check_value, name, site_log_prob
+from ppl._distributions import check_parameters, check_value, name, poison_sample, site_log_prob
 from ppl._handlers import Handler, check_leading_axis
 
 sg = jax.lax.stop_gradient
@@ -227,23 +227,23 @@ class EstimatorHandler(Handler):
                 self.base + full, d, self.observed[full], "the value given to generate"
             )
             ok = ok & given_ok
-            lp = poison(site_log_prob(d, value), ok)
-            self.entries.append(SiteEntry(full, None, value, lp, ok=ok))
+            lp = site_log_prob(d, value, ok)
+            self.entries.append(SiteEntry(full, None, value, lp, ok=held(lp, ok)))
             self._record(full, value, lp, observed=True)
             return value
         if full in self.subst:
             value = self.subst[full]
-            lp = poison(site_log_prob(d, value), ok)
-            self.entries.append(SiteEntry(full, None, value, lp, ok=ok))
+            lp = site_log_prob(d, value, ok)
+            self.entries.append(SiteEntry(full, None, value, lp, ok=held(lp, ok)))
         elif self.config.plain or self.frozen[0]:
-            value = poison(sg(d.sample(key)), ok)
-            lp = poison(site_log_prob(d, value), ok)
-            self.entries.append(SiteEntry(full, None, value, lp, ok=ok))
+            value = poison_sample(d, sg(d.sample(key)), ok)
+            lp = site_log_prob(d, value, ok)
+            self.entries.append(SiteEntry(full, None, value, lp, ok=held(lp, ok)))
         else:
             strategy = self.config.resolve(self.base + full, d, self.in_block)
-            value = poison(strategy.draw(key, d), ok)
-            lp = poison(site_log_prob(d, value), ok)
-            self.entries.append(SiteEntry.of(full, strategy, value, lp, d, key, ok))
+            value = poison_sample(d, strategy.draw(key, d), ok)
+            lp = site_log_prob(d, value, ok)
+            self.entries.append(SiteEntry.of(full, strategy, value, lp, d, key, held(lp, ok)))
             if strategy.replaces_continuation:
                 raise _Replace()
         self._record(full, value, lp)

@@ -109,3 +109,63 @@ def test_runtime_checks_switch_takes_effect_for_new_traces() -> None:
         assert jnp.isnan(value)  # unchecked: the failed check still poisons the density
     finally:
         ppl.set_runtime_checks(True)
+
+
+# -- wrapped distributions: to_event, expand, mask ---------------------------------------------
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: dist.Normal(jnp.zeros(3), jnp.array([1.0, -1.0, 1.0])).to_event(1),
+        lambda: dist.Normal(0.0, -1.0).expand([2, 3]).to_event(2),
+        lambda: dist.Normal(jnp.zeros(3), jnp.array([1.0, -1.0, 1.0])).mask(jnp.array([True, True, False])),
+    ],
+)
+def test_parameters_inside_wrappers_are_checked(make) -> None:
+    with pytest.raises(ValueError, match=re.escape("address 'c' (Normal): parameter scale = -1.0")):
+        one(make).simulate(jax.random.key(0))
+
+
+def test_traced_parameters_inside_to_event_under_the_users_jit_raise() -> None:
+    @ppl.gen
+    def wrapped(scale):
+        return ppl.sample("c", dist.Normal(jnp.zeros(3), scale).to_event(1))
+
+    run = jax.jit(lambda s: wrapped.simulate(jax.random.key(0), s).choices["c"])
+    assert run(jnp.ones(3)).shape == (3,)
+    with pytest.raises(Exception, match=re.escape("address 'c' (Normal): parameter scale = -2.0")):
+        jax.block_until_ready(run(jnp.array([1.0, -2.0, 1.0])))
+
+
+@ppl.gen
+def masked_data(mask):
+    ppl.sample("x", dist.Normal(jnp.zeros(3), 1.0).mask(mask).to_event(1))
+
+
+def test_masked_out_data_may_be_anything_and_adds_nothing() -> None:
+    mask = jnp.array([True, False, True])
+    x = jnp.array([0.5, jnp.nan, -1.0])
+    want = float(jnp.sum(dist.Normal(0.0, 1.0).log_prob(jnp.array([0.5, -1.0]))))
+    weight = masked_data.assess({"x": x}, mask)[0]
+    assert weight == pytest.approx(want, rel=1e-6)
+    traced = jax.jit(lambda x: masked_data.assess({"x": x}, mask)[0])(x)
+    assert traced == pytest.approx(want, rel=1e-6)
+    with pytest.raises(
+        ValueError,
+        match=re.escape("address 'x' (MaskedDistribution.to_event(1)): the value given to assess is nan"),
+    ):
+        masked_data.assess({"x": x}, jnp.array([True, True, True]))
+
+
+def test_data_outside_a_to_event_support_names_the_element() -> None:
+    @ppl.gen
+    def pixels():
+        ppl.sample("x", dist.Bernoulli(logits=jnp.zeros(4)).to_event(1))
+
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "address 'x' (BernoulliLogits.to_event(1)): the value given to assess is 2.0, outside the "
+            "support ({0, 1})"
+        ),
+    ):
+        pixels.assess({"x": jnp.array([0.0, 1.0, 2.0, 1.0])})

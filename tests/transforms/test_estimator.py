@@ -189,6 +189,46 @@ def test_a_non_finite_gradient_with_valid_numbers_names_the_leaf() -> None:
         objective.estimator().value_and_grad(jax.random.key(0), {"a": 0.0, "b": 1.0})
 
 
+def test_a_non_finite_entry_in_a_matrix_leaf_is_named_among_finite_leaves() -> None:
+    @T.expectation
+    def objective(params):
+        z = ppl.sample("z", dist.Normal(0.0, 1.0))
+        return jnp.sum(jnp.sqrt(params["w"])) + z * jnp.sum(params["b"])
+
+    w = jnp.ones((3, 4)).at[2, 1].set(0.0)  # d sqrt(w)/dw = inf there
+    with pytest.raises(ValueError, match=re.escape("the gradient of params['w'] has a non-finite entry")):
+        objective.estimator(checks="sync").value_and_grad(jax.random.key(0), {"b": jnp.ones(2), "w": w})
+
+
+def test_opposite_infinities_in_a_gradient_are_caught() -> None:
+    @T.expectation
+    def objective(w):
+        return jnp.sqrt(w[0]) - jnp.sqrt(w[1]) + ppl.sample("z", dist.Normal(w[2], 1.0))
+
+    with pytest.raises(ValueError, match=re.escape("the gradient of params has a non-finite entry")):
+        objective.estimator(checks="sync").value_and_grad(jax.random.key(0), jnp.array([0.0, 0.0, 1.0]))
+
+
+def test_a_finite_gradient_whose_entries_sum_past_float32_is_not_a_failure() -> None:
+    # The compiled step screens the gradient by the sum of its entries, which overflows here
+    # (2 x 2e38); each entry is finite, so nothing is raised and the gradient is returned as is.
+    @T.expectation
+    def objective(params):
+        z = ppl.sample("z", dist.Normal(0.0, 1.0))
+        return 2e38 * (params["a"][0] - 1.0) + 2e38 * (params["b"][0, 0] - 1.0) + z * params["a"][1]
+
+    est = objective.estimator(checks="sync")
+    params = {"a": jnp.ones(2), "b": jnp.ones((2, 2))}
+    for i in range(2):
+        grad = est.value_and_grad(jax.random.key(i), params).grad
+    assert float(grad["a"][0]) == pytest.approx(2e38) and float(grad["b"][0, 0]) == pytest.approx(2e38)
+    assert jnp.isfinite(jax.jit(lambda p: est.grad(jax.random.key(0), p)["a"][0])(params))
+
+
+def test_diagnose_returns_none_when_all_is_well() -> None:
+    assert elbo_estimator().diagnose(jax.random.key(0), PARAMS, OBS) is None
+
+
 def test_a_non_finite_value_with_valid_numbers_says_so() -> None:
     @T.expectation
     def objective(a):

@@ -64,6 +64,11 @@ def mode(name: str) -> Iterator[None]:
         _MODE.pop()
 
 
+def _current() -> str | None:
+    """The innermost :func:`mode`, ``None`` outside estimators."""
+    return _MODE[-1] if _MODE else None
+
+
 def escape(text: str) -> str:
     """``text`` for a check's message template (``{``/``}`` are format fields there)."""
     return text.replace("{", "{{").replace("}", "}}")
@@ -90,7 +95,7 @@ def require(ok: Any, message: str, value: Any = None) -> jax.Array:
     shape: ``ok`` itself while an estimator carries checks (poisoning element by element
     fuses into the guarded computation), otherwise a scalar.
     """
-    current = _MODE[-1] if _MODE else None
+    current = _current()
     if current == "off":
         return jnp.asarray(True)
     elementwise = jnp.asarray(ok)
@@ -165,7 +170,7 @@ def held(log_prob: jax.Array, ok: Any) -> jax.Array:
     read off it (no reduction over ``ok``); otherwise ``ok`` is already a scalar or concrete.
     """
     ok = jnp.asarray(ok)
-    if _MODE and _MODE[-1] == "carry" and is_traced(ok):
+    if _current() == "carry" and is_traced(ok):
         return ~jnp.isnan(log_prob)
     return jnp.all(ok)
 

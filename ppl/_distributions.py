@@ -121,8 +121,8 @@ def check_parameters(addr: Address, d: nd.Distribution) -> jax.Array:
     Only parameters the distribution holds (not lazily derived ones) are checked;
     dependent constraints (``Uniform``'s bounds) are not checks. The parameters of the
     distributions inside ``Independent``, ``ExpandedDistribution`` and ``MaskedDistribution``
-    are checked (masked-out elements too: only data may be padding). Returns the outcome broadcastable to
-    ``elementwise(d).batch_shape`` (see :func:`ppl._checks.require`) for the caller to
+    are checked (masked-out elements too: only data may be padding). Returns the outcome
+    broadcastable to ``elementwise(d).batch_shape`` (see :func:`ppl._checks.require`) for the caller to
     poison the site with.
     """
     return _parameters_ok(addr, elementwise(d))
@@ -134,9 +134,7 @@ def _parameters_ok(addr: Address, d: nd.Distribution) -> jax.Array:
         ok = jnp.asarray(_parameters_ok(addr, d.base_dist))
         reinterpreted = d.reinterpreted_batch_ndims
         return jnp.all(ok, axis=tuple(range(max(ok.ndim - reinterpreted, 0), ok.ndim)))
-    if isinstance(d, nd.ExpandedDistribution):
-        return _parameters_ok(addr, d.base_dist)
-    if isinstance(d, nd.MaskedDistribution):  # parameters hold everywhere; data may be padding
+    if isinstance(d, nd.ExpandedDistribution | nd.MaskedDistribution):  # masked: only data may be padding
         return _parameters_ok(addr, d.base_dist)
     arg_constraints = getattr(d, "arg_constraints", None) or {}
     held = vars(d)
@@ -158,8 +156,8 @@ def _parameters_ok(addr: Address, d: nd.Distribution) -> jax.Array:
 
 
 def _unmasked(d: nd.MaskedDistribution, ok: Any) -> Any:
-    """``ok``, held wherever ``d`` masks its elements out."""
-    mask = getattr(d, "_mask", True)
+    """``ok``, held wherever ``d`` masks its elements out (NumPyro keeps the mask in ``_mask``)."""
+    mask = d._mask
     if isinstance(mask, bool):
         return ok if mask else jnp.ones_like(ok)
     return ok | ~jnp.asarray(mask)

@@ -40,9 +40,7 @@ def finite_flags(which: str, out: Any, has_aux: bool) -> jax.Array:
         value = out[0] if has_aux else out
         return jnp.reshape(~jnp.any(jnp.isnan(value)), (1,))
     value = out.value[0] if has_aux else out.value
-    leaves = [x for x in jax.tree_util.tree_leaves(out.grad) if jnp.issubdtype(x.dtype, jnp.inexact)]
-    if not leaves:
-        return jnp.stack([jnp.isfinite(value), jnp.asarray(True)])
+    leaves = jax.tree_util.tree_leaves(out.grad)  # floating and non-empty: check_params
     screen = jnp.isfinite(sum(_entry_sum(x) for x in leaves))
     grad_ok = jax.lax.cond(
         screen,
@@ -69,7 +67,8 @@ def non_finite_message(objective: Any, which: str, params: Any, out: Any, has_au
     else:
         value, grad = out, None
     value = np.asarray(value[0] if has_aux else value)
-    if np.isnan(value).any() if grad is None else not np.isfinite(value).all():
+    bad_value = np.isnan(value).any() if grad is None else not np.isfinite(value).all()  # as finite_flags
+    if bad_value:
         what = "value" if which == "value_and_grad" else "estimate"
         return (
             f"the {what} of {objective!r} is not finite while {checked}: a log of 0, an "

@@ -142,10 +142,13 @@ def fit(
         step, flags, finite, value, started_from, inputs = pending
         pending = None
         if flags is not None and not bool(np.all(np.asarray(flags))):
+            # The step returns no gradient: the estimator's eager re-run names the site or leaf.
+            message = "the step's value or gradient was not finite (its eager re-run was finite)"
             try:
-                estimator._diagnose("value_and_grad", *inputs, np.asarray(flags), None)
+                estimator._diagnose("value_and_grad", *inputs, None, None)
             except ValueError as e:
-                raise FitError(step, str(e), started_from, values[:step].copy()) from None
+                message = str(e)
+            raise FitError(step, message, started_from, values[:step].copy())
         if not bool(np.all(np.asarray(finite))):
             message = "the update made a parameter non-finite (a diverging learning rate?)"
             raise FitError(step, message, started_from, values[:step].copy())

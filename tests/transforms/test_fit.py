@@ -86,6 +86,23 @@ def test_a_bad_parameter_stops_with_the_site_message() -> None:
         )
 
 
+def test_a_non_finite_gradient_with_valid_numbers_stops_naming_the_leaf() -> None:
+    @T.expectation
+    def rooted(params):
+        return jnp.sqrt(params["a"]) + ppl.sample("z", dist.Normal(params["b"], 1.0))
+
+    with pytest.raises(
+        T.FitError, match=re.escape("fit: step 0: the gradient of params['a'] has a non-finite entry")
+    ):
+        T.fit(rooted.estimator(), {"a": 0.0, "b": 1.0}, optax.sgd(0.1), steps=3, key=jax.random.key(0))
+
+
+def test_a_value_that_overflows_stops_saying_so() -> None:
+    target = T.expectation(lambda p: -((ppl.sample("x", dist.Normal(p, 1.0)) - 3.0) ** 2))
+    with pytest.raises(T.FitError, match="is not finite while every distribution parameter"):
+        T.fit(target.estimator(), 0.0, optax.sgd(1e4), steps=100, key=jax.random.key(0))
+
+
 class Interrupted(Exception):
     pass
 

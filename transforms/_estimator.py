@@ -25,7 +25,9 @@ import numpy as np
 from ppl.transforms._guards import (
     batch_size,
     check_params,
+    confirmed,
     finite_flags,
+    first_non_finite_leaf,
     non_finite_message,
     probe,
     raise_in_program,
@@ -289,7 +291,7 @@ class Estimator:
             return self._compiled_fn(which, False)(key, args, state)
         flags, out = self._compiled_fn(which, True)(key, args, state)
         if is_traced(flags):  # inside the caller's jit/vmap: a callback raises
-            return tie(out, raise_in_program(flags, self, which))
+            return tie(out, raise_in_program(confirmed(which, flags, out), self, which))
         previous, self._pending = self._pending, None
         first = self._calls == 0
         self._calls += 1
@@ -307,8 +309,11 @@ class Estimator:
     def _settle(self, call: tuple, when: str | None) -> None:
         """Block on a call's flags; if one is down, diagnose the call and raise."""
         which, key, args, state, flags, out = call
-        if np.asarray(flags).all():
+        flags = np.asarray(flags)
+        if flags.all():
             return
+        if which == "value_and_grad" and flags[0] and first_non_finite_leaf(args[0], out.grad) is None:
+            return  # the gradient screen's sum overflowed; every entry is finite
         self._diagnose(which, key, args, state, out, when)
 
     def _diagnose(

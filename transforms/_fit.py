@@ -23,6 +23,7 @@ import optax
 from ppl.transforms._checkpoint import load_checkpoint, save_checkpoint
 from ppl.transforms._estimator import Estimator, positive_count
 from ppl.transforms._files import check_output_path
+from ppl.transforms._guards import confirmed
 from tqdm.auto import tqdm
 
 
@@ -194,7 +195,9 @@ def _compiled_step(
     @jax.jit
     def step(key: jax.Array, params: Any, opt_state: Any, state: Any, *data: Any) -> tuple:
         out = value_and_grad(key, (params, *data), state)
-        flags, (value, grad, new_state) = out if checked else (None, out)
+        flags, estimate = out if checked else (None, out)
+        value, grad, new_state = estimate
+        flags = None if flags is None else confirmed("value_and_grad", flags, estimate)
         value = value[0] if estimator.has_aux else value
         updates, opt_state = optimizer.update(
             jax.tree_util.tree_map(lambda g: sign * g, grad), opt_state, params

@@ -2,7 +2,8 @@
 
 The parameters must be floating and reach the value (:func:`check_params`, :func:`probe`);
 the compiled step reports whether its value and its gradient are finite
-(:func:`finite_flags`; :func:`non_finite_message` finds the leaf on the host), and inside a
+(:func:`finite_flags`, its gradient screen confirmed by :func:`first_non_finite_leaf` on the
+host or :func:`confirmed` in a program; :func:`non_finite_message` names the leaf), and inside a
 caller's own ``jit``/``vmap`` a host callback raises when one is not
 (:func:`raise_in_program`, kept alive by :func:`tie`).
 """
@@ -27,27 +28,22 @@ def tie(out: Any, zero: jax.Array) -> Any:
 
 
 def finite_flags(which: str, out: Any, has_aux: bool) -> jax.Array:
-    """``[value finite, every gradient leaf finite]`` of a ``value_and_grad`` step's
-    ``Estimate``; of an ``estimate`` step's output: ``[value not NaN]``.
+    """``[value finite, gradient screen]`` of a ``value_and_grad`` step's ``Estimate``; of an
+    ``estimate`` step's output: ``[value not NaN]``.
 
-    The gradient is screened by one number, the sum of all its entries (a NaN or an inf
-    anywhere makes it non-finite); only when that sum is not finite, which an overflow of
-    finite entries can also cause, are the leaves checked entry by entry. Per 2-d or larger
-    leaf the sum is a product with a vector of ones, which runs multithreaded where a
-    reduction over a boolean mask does not.
+    The screen is the finiteness of one number, the sum of all the gradient's entries (per 2-d
+    or larger leaf a product with a vector of ones, which runs multithreaded): a NaN or an inf
+    anywhere brings it down, and so, rarely, does a sum that overflows although every entry is
+    finite. A down screen is therefore confirmed entry by entry before it is reported: on the
+    host by :func:`first_non_finite_leaf`, inside a caller's program by :func:`confirmed`. The
+    step itself has no branch (``benchmarks/overhead.py`` measures what it costs).
     """
     if which != "value_and_grad":
         value = out[0] if has_aux else out
         return jnp.reshape(~jnp.any(jnp.isnan(value)), (1,))
     value = out.value[0] if has_aux else out.value
     leaves = jax.tree_util.tree_leaves(out.grad)  # floating and non-empty: check_params
-    screen = jnp.isfinite(sum(_entry_sum(x) for x in leaves))
-    grad_ok = jax.lax.cond(
-        screen,
-        lambda: jnp.asarray(True),
-        lambda: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])),
-    )
-    return jnp.stack([jnp.isfinite(value), grad_ok])
+    return jnp.stack([jnp.isfinite(value), jnp.isfinite(sum(_entry_sum(x) for x in leaves))])
 
 
 def _entry_sum(x: jax.Array) -> jax.Array:
@@ -56,6 +52,29 @@ def _entry_sum(x: jax.Array) -> jax.Array:
     if x.ndim < 2:
         return jnp.sum(x)
     return jnp.sum(jnp.ones(x.shape[0], x.dtype) @ x.reshape(x.shape[0], -1))
+
+
+def confirmed(which: str, flags: jax.Array, out: Any) -> jax.Array:
+    """``flags`` with a down gradient screen decided entry by entry, inside a traced program
+    (the entries are read only when the screen is down)."""
+    if which != "value_and_grad":
+        return flags
+    leaves = jax.tree_util.tree_leaves(out.grad)
+    grad_ok = jax.lax.cond(
+        flags[1],
+        lambda: jnp.asarray(True),
+        lambda: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])),
+    )
+    return jnp.stack([flags[0], grad_ok])
+
+
+def first_non_finite_leaf(params: Any, grad: Any) -> str | None:
+    """The path (in ``params``) of the first gradient leaf with a non-finite entry, on the host."""
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+    for path, leaf in zip(paths, jax.tree_util.tree_leaves(grad), strict=True):
+        if not np.all(np.isfinite(np.asarray(leaf))):
+            return path
+    return None
 
 
 def non_finite_message(objective: Any, which: str, params: Any, out: Any, has_aux: bool) -> str | None:
@@ -76,14 +95,13 @@ def non_finite_message(objective: Any, which: str, params: Any, out: Any, has_au
         )
     if grad is None:
         return None
-    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
-    for path, leaf in zip(paths, jax.tree_util.tree_leaves(grad), strict=True):
-        if not np.all(np.isfinite(np.asarray(leaf))):
-            return (
-                f"the gradient of params{path} has a non-finite entry while the value is finite and "
-                f"{checked}: a log or a division at a boundary value, or an overflow in the gradient"
-            )
-    return None
+    path = first_non_finite_leaf(params, grad)
+    if path is None:
+        return None
+    return (
+        f"the gradient of params{path} has a non-finite entry while the value is finite and "
+        f"{checked}: a log or a division at a boundary value, or an overflow in the gradient"
+    )
 
 
 def raise_in_program(flags: jax.Array, estimator: Any, which: str) -> jax.Array:

@@ -103,6 +103,21 @@ def test_a_value_that_overflows_stops_saying_so() -> None:
         T.fit(target.estimator(), 0.0, optax.sgd(1e4), steps=100, key=jax.random.key(0))
 
 
+def test_a_finite_gradient_whose_entries_sum_past_float32_trains_on() -> None:
+    # The step screens its gradient by the sum of the entries, which overflows here (2 x 2e38):
+    # every entry is finite, so the screen is confirmed entry by entry and training goes on.
+    @T.expectation
+    def steep(params):
+        z = ppl.sample("z", dist.Normal(0.0, 1.0))
+        return 2e38 * (params["a"][0] - 1.0) + 2e38 * (params["b"][0, 0] - 1.0) + z * params["a"][1]
+
+    params = {"a": jnp.ones(2), "b": jnp.ones((2, 2))}
+    # A zero learning rate keeps the value finite (any step would overflow it).
+    result = T.fit(steep.estimator(), params, optax.sgd(0.0), steps=3, key=jax.random.key(0))
+    assert np.isfinite(result.values).all()
+    assert float(result.params["a"][0]) == 1.0
+
+
 class Interrupted(Exception):
     pass
 

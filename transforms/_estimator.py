@@ -307,7 +307,8 @@ class Estimator:
         return out
 
     def _settle(self, call: tuple, when: str | None) -> None:
-        """Block on a call's flags; if one is down, diagnose the call and raise."""
+        """Block on a call's flags; if one is down (a down gradient screen once confirmed entry by
+        entry on the host), diagnose the call and raise."""
         which, key, args, state, flags, out = call
         flags = np.asarray(flags)
         if flags.all():

@@ -196,8 +196,9 @@ def _compiled_step(
     def step(key: jax.Array, params: Any, opt_state: Any, state: Any, *data: Any) -> tuple:
         out = value_and_grad(key, (params, *data), state)
         flags, estimate = out if checked else (None, out)
+        if checked:  # a down gradient screen is decided entry by entry (overflowed sums pass)
+            flags = confirmed("value_and_grad", flags, estimate)
         value, grad, new_state = estimate
-        flags = None if flags is None else confirmed("value_and_grad", flags, estimate)
         value = value[0] if estimator.has_aux else value
         updates, opt_state = optimizer.update(
             jax.tree_util.tree_map(lambda g: sign * g, grad), opt_state, params

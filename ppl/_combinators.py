@@ -119,14 +119,4 @@ def scan(
             raise ValueError("ppl.scan: give xs or length")
         length = leaves[0].shape[0]
     prefix = () if addr is None else as_address(addr)
-
-    def traced(inputs: Any, element: Callable[..., Any]) -> Any:
-        def step(carry: Any, packed: Any) -> Any:
-            element_inputs, x = packed
-            (new_carry, y), records = element(element_inputs, lambda: f(carry, x))
-            return new_carry, (y, records)
-
-        carry, (ys, records) = jax.lax.scan(step, init, (inputs, xs), length=length)
-        return (carry, ys), records
-
-    return run_block("ppl.scan", prefix, length, traced)
+    return handler.run_scan(f, init, xs, length, prefix)

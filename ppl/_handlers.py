@@ -125,6 +125,29 @@ class Handler(abc.ABC):
         """Merge a block's stacked child records at ``addr``."""
         ...
 
+    # -- what subclasses may override -------------------------------------------
+    def run_element(self, inputs: Any, thunk: Callable[[], Any]) -> tuple[Any, Any, Any]:
+        """Run one element of a block (inside its ``jax.vmap``/``lax.scan``): ``(out, arrays, static)``.
+
+        The default runs ``thunk`` once under :meth:`child` and returns the child's records; a
+        handler that re-runs the body (with sites set to other values) overrides this.
+        """
+        child = self.child(inputs)
+        with child:
+            out = thunk()
+        arrays, static = child.records()
+        return out, arrays, static
+
+    def block_output(self, addr: Address, kind: str, out: Any, static: Any) -> Any:
+        """What the block returns to the program, given its stacked outputs (default: those)."""
+        return out
+
+    def run_scan(
+        self, f: Callable[[Any, Any], tuple[Any, Any]], init: Any, xs: Any, length: int, addr: Address
+    ) -> tuple[Any, Any]:
+        """Run ``ppl.scan``'s steps under this handler (default: the block protocol over ``lax.scan``)."""
+        return run_block("ppl.scan", addr, length, scan_body(f, init, xs, length))
+
 
 def check_leading_axis(role: str, base: Address, values: dict[Address, Any], size: int) -> None:
     """Values given for a block's sites must have the block's size as leading axis."""
@@ -135,6 +158,23 @@ def check_leading_axis(role: str, base: Address, values: dict[Address, Any], siz
                 f"{role}: the value at address '{format_address(base + a)}' has shape "
                 f"{shape}, but the combinator there has {size} elements (leading axis)"
             )
+
+
+def scan_body(
+    f: Callable[[Any, Any], tuple[Any, Any]], init: Any, xs: Any, length: int
+) -> Callable[[Any, Callable[..., Any]], Any]:
+    """``ppl.scan``'s ``traced`` function for :func:`run_block`: ``lax.scan`` over the steps."""
+
+    def traced(inputs: Any, element: Callable[..., Any]) -> Any:
+        def step(carry: Any, packed: Any) -> Any:
+            element_inputs, x = packed
+            (new_carry, y), records = element(element_inputs, lambda: f(carry, x))
+            return new_carry, (y, records)
+
+        carry, (ys, records) = jax.lax.scan(step, init, (inputs, xs), length=length)
+        return (carry, ys), records
+
+    return traced
 
 
 def run_block(
@@ -158,25 +198,22 @@ def run_block(
     # A block without its own address shares its parent's namespace: find
     # which addresses are its own before slicing the parent's inputs.
     def own() -> set[Address] | None:
-        return None if addr else _discover_addresses(handler, traced, size)
+        return None if addr else discover_addresses(handler, traced, size)
 
     inputs = handler.block_inputs(base, size, own)
     static_box: list[Any] = []
 
     def element(element_inputs: Any, thunk: Callable[[], Any]) -> tuple[Any, Any]:
-        child = handler.child(element_inputs)
-        with child:
-            out = thunk()
-        arrays, static = child.records()
+        out, arrays, static = handler.run_element(element_inputs, thunk)
         static_box.append(static)
         return out, arrays
 
     out, arrays = traced(inputs, element)
     handler.absorb(base, kind, arrays, static_box[-1])
-    return out
+    return handler.block_output(base, kind, out, static_box[-1])
 
 
-def _discover_addresses(
+def discover_addresses(
     handler: Handler, traced: Callable[[Any, Callable[..., Any]], Any], size: int
 ) -> set[Address]:
     """The relative addresses a block samples, found by an abstract trace."""

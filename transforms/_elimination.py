@@ -1,0 +1,449 @@
+"""Exact sums over a program's discrete sites: elimination over plates, the forward algorithm along scans.
+
+:func:`eliminate` computes ``log Σ_z g(choices, z; args)`` over every site of ``g`` that
+``choices`` leaves out (each must have a finite support), or ``max_z`` of it. It re-runs parts of
+the program with the summed-out sites set to each of their values, vectorized with ``jax.vmap``:
+
+* at the top level, and inside one element of a ``ppl.vmap`` plate, the rest of the element is
+  re-run for each value of its next unset site (depth first: several sites in one element cost the
+  product of their supports; elements are independent, so a plate costs its size times that);
+* along a ``ppl.scan`` each step runs for every pair (previous state, current values), and the
+  states are eliminated by the forward algorithm in log space: ``α_t(k) = log Σ_j exp(α_{t−1}(j) +
+  ℓ_t(j, k))``, cost ``T·K²``. The carry is the state: it must depend on the previous step only
+  through the current step's summed-out values (a Markov chain in them).
+
+This is tensor variable elimination (Obermeyer et al., 2019) for programs whose summed-out values
+stay inside their plate element or scan step. A value that leaves them (returned from a plate's
+element, from a step as its output, or as the scan's final carry) would couple elements or steps;
+it comes out as a :class:`SummedOut` placeholder that raises, naming the sites, where it is used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpyro.distributions as nd
+
+from ppl._choice_map import Address, format_address, listing, subtree, suggest
+from ppl._distributions import check_parameters, check_value, joint_support, name, site_log_prob
+from ppl._handlers import Handler, check_leading_axis, discover_addresses, scan_body
+from ppl._interpreter import Interpreter
+
+__all__ = ["Plan", "SummedOut", "eliminate"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What one elimination shares: ``reduce`` (``"sum"``: log-sum-exp, ``"max"``: max-product),
+    the bound on joint values per element, the program's name and the role of given values."""
+
+    reduce: str = "sum"
+    max_states: int = 65536
+    program: str = "the program"
+    role: str = "the value given to the marginal"
+
+    def combine(self, scores: jax.Array, axis: int = 0) -> jax.Array:
+        if self.reduce == "max":
+            return jnp.max(scores, axis=axis)
+        return jax.nn.logsumexp(scores, axis=axis)
+
+
+class SummedOut:
+    """A value that depends on summed-out sites and left their plate element or scan step.
+
+    Using it in any computation raises: summing out a site whose value reaches other elements or
+    steps is not elimination any more (the elements would be coupled).
+    """
+
+    def __init__(self, message: str):
+        object.__setattr__(self, "_message", message)
+
+    def _fail(self, *args: Any, **kwargs: Any) -> Any:
+        raise ValueError(self._message)
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        raise ValueError(self._message)
+
+    def __repr__(self) -> str:
+        return "<summed out>"
+
+    __jax_array__ = __array__ = __bool__ = __float__ = __int__ = __index__ = __len__ = __iter__ = _fail
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __rtruediv__ = _fail
+    __floordiv__ = __rfloordiv__ = __mod__ = __pow__ = __rpow__ = __matmul__ = __rmatmul__ = _fail
+    __neg__ = __pos__ = __abs__ = __getitem__ = __lt__ = __le__ = __gt__ = __ge__ = _fail
+    __eq__ = __ne__ = __and__ = __or__ = __xor__ = __invert__ = _fail  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]
+
+
+class _Unset(Exception):
+    """Raised at the first site of a run that is neither given nor set: sum it out."""
+
+    def __init__(self, handler: Eliminator, address: Address, dist: nd.Distribution):
+        super().__init__(format_address(address))
+        self.handler, self.address, self.dist = handler, address, dist
+
+
+class Eliminator(Handler):
+    """One run of a program (or of a block's element) with some sites given and some set.
+
+    ``given``: values of the kept sites; ``tilts``: per summed-out address, a log weight added to
+    each of its values (their gradient is the posterior marginal); ``subst``: the values (with
+    their index in the support) of the summed-out sites set so far in this element.
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        given: dict[Address, Any],
+        tilts: dict[Address, Any],
+        subst: dict[Address, tuple[Any, Any]],
+        base: Address = (),
+    ):
+        super().__init__()
+        self.plan, self.given, self.tilts, self.subst, self.base = plan, given, tilts, subst, base
+        self.score = jnp.zeros(())
+        self.used: set[Address] = set()
+        self.sampled: set[Address] = set()
+        self._block_base: Address = ()
+
+    def sample(self, addr: Address, d: Any) -> Any:
+        full = self.claim(addr, name(d))
+        where = self.base + full
+        ok = check_parameters(where, d)
+        self.sampled.add(full)
+        if full in self.given:
+            self.used.add(full)
+            value, given_ok = check_value(where, d, self.given[full], self.plan.role)
+            lp = site_log_prob(d, value, ok & given_ok)
+        elif full in self.subst:
+            value, index = self.subst[full]
+            lp = site_log_prob(d, value, ok)
+            if full in self.tilts:
+                lp = lp + self.tilts[full][index]
+        else:
+            raise _Unset(self, full, d)
+        self.score = self.score + lp
+        return value
+
+    def check_all_used(self) -> None:
+        extra = sorted(set(self.given) - self.used)
+        if extra:
+            where = [self.base + a for a in self.sampled]
+            raise ValueError(
+                f"{self.plan.program}: the choice map has address '{format_address(self.base + extra[0])}', "
+                f"which the program never samples; it samples {listing(where)}"
+                f"{suggest(self.base + extra[0], where)}"
+            )
+
+    # -- blocks ------------------------------------------------------------------
+    def block_inputs(self, base: Address, size: int, own: Any) -> Any:
+        given, tilts = subtree(self.given, base), subtree(self.tilts, base)
+        owned = own() if given or tilts else None
+        if owned is not None:
+            given = {a: v for a, v in given.items() if a in owned}
+            tilts = {a: v for a, v in tilts.items() if a in owned}
+        check_leading_axis(self.plan.program, self.base + base, given, size)
+        self.used.update(base + a for a in given)
+        self._block_base = self.base + base
+        return given, tilts
+
+    def child(self, inputs: Any) -> Eliminator:
+        given, tilts = inputs
+        return Eliminator(self.plan, given, tilts, {}, self._block_base)
+
+    def discovery_child(self, key: jax.Array) -> Handler:
+        return Interpreter(key, {}, "discover", program=self.plan.program)
+
+    def sampled_addresses(self) -> set[Address]:
+        return set(self.sampled)
+
+    def records(self) -> tuple[Any, Any]:
+        return self.score, None
+
+    def run_element(self, inputs: Any, thunk: Callable[[], Any]) -> tuple[Any, Any, Any]:
+        given, tilts = inputs
+        base = self._block_base
+        table = solve(self.plan, lambda subst: Eliminator(self.plan, given, tilts, subst, base), thunk)
+        return table.shared, self.plan.combine(table.scores), (base, table.dependent, table.sites)
+
+    def absorb(self, base: Address, kind: str, arrays: Any, static: Any) -> None:
+        self.score = self.score + jnp.sum(arrays)
+
+    def block_output(self, addr: Address, kind: str, out: Any, static: Any) -> Any:
+        base, dependent, sites = static
+        what = f"the value returned by each element of {kind} at '{format_address(base) or '/'}'"
+        return _placeholders(out, dependent, what, sites)
+
+    def run_scan(
+        self, f: Callable[[Any, Any], tuple[Any, Any]], init: Any, xs: Any, length: int, addr: Address
+    ) -> tuple[Any, Any]:
+        prefix = self._prefix + addr
+
+        def own() -> set[Address] | None:
+            return None if addr else discover_addresses(self, scan_body(f, init, xs, length), length)
+
+        inputs = self.block_inputs(prefix, length, own)
+        carry, ys, total = forward(self.plan, self._block_base, f, init, xs, inputs, length)
+        self.score = self.score + total
+        return carry, ys
+
+
+@dataclasses.dataclass
+class Table:
+    """One element's (or step's) runs over the joint values of its summed-out sites.
+
+    ``scores``: ``(n,)`` log densities, one per joint value; ``stacked``: the part of the output
+    kept per value (a scan step's carry), leading axis ``n``; ``shared``: the rest, which must be
+    the same for every value (``dependent`` lists its leaves that are not, zeroed here);
+    ``sites``: the summed-out addresses.
+    """
+
+    scores: jax.Array
+    stacked: Any
+    shared: Any
+    dependent: frozenset[int]
+    sites: tuple[Address, ...]
+
+
+def solve(
+    plan: Plan,
+    make: Callable[[dict[Address, Any]], Eliminator],
+    body: Callable[[], Any],
+    split: Callable[[Any], tuple[Any, Any]] = lambda out: ((), out),
+    subst: dict[Address, Any] | None = None,
+    count: int = 1,
+) -> Table:
+    """Run ``body`` under ``make(subst)``; at its first unset site, re-run it for each value.
+
+    ``split(out)`` gives ``(stacked, shared)`` parts of the body's output (see :class:`Table`).
+    """
+    subst = {} if subst is None else subst
+    handler = make(subst)
+    with handler:
+        try:
+            out = body()
+        except _Unset as stop:
+            if stop.handler is not handler:
+                raise
+            unset = stop
+        else:
+            unset = None
+    if unset is None:
+        handler.check_all_used()
+        stacked, shared = split(out)
+        stacked = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], stacked)
+        return Table(handler.score[None], stacked, shared, frozenset(), ())
+    where = handler.base + unset.address
+    values = joint_support(where, unset.dist) if _finite(unset.dist) else _refuse(plan, where, unset.dist)
+    n = values.shape[0]
+    if count * n > plan.max_states:
+        raise ValueError(
+            f"{plan.program}: summing out address '{format_address(where)}' ({name(unset.dist)}, {n} values) "
+            f"makes {count * n} joint values in one element, more than max_states={plan.max_states}: "
+            "sites that are independent copies belong in a ppl.vmap plate (each element is then summed "
+            "separately), or keep some of them"
+        )
+    box: list[Table] = []
+
+    def one(value: jax.Array, index: jax.Array) -> tuple[Any, Any, list[Any]]:
+        table = solve(plan, make, body, split, {**subst, unset.address: (value, index)}, count * n)
+        box.append(table)
+        leaves = jax.tree_util.tree_leaves(table.shared)
+        leaves = [_zero(x) if k in table.dependent else x for k, x in enumerate(leaves)]
+        return table.scores, table.stacked, leaves
+
+    scores, stacked, leaves, batched = _map(one, (values, jnp.arange(n)))
+    inner = box[-1]
+    tree = jax.tree_util.tree_structure(inner.shared)
+    leaves = [_zero(x[0]) if k in batched else x for k, x in enumerate(leaves)]
+    return Table(
+        scores.reshape(-1),
+        jax.tree_util.tree_map(lambda x: x.reshape((-1, *x.shape[2:])), stacked),
+        jax.tree_util.tree_unflatten(tree, leaves),
+        inner.dependent | batched,
+        (where, *inner.sites),
+    )
+
+
+def _map(
+    fn: Callable[..., tuple[Any, Any, list[Any]]],
+    args: tuple,
+    in_axes: Any = 0,
+    stacked_axis: int | None = 0,
+    coupled: Callable[[], None] | None = None,
+) -> tuple[Any, Any, list[Any], frozenset[int]]:
+    """``jax.vmap(fn, in_axes)`` over ``args``; ``fn`` returns ``(scores, stacked, leaves)``.
+
+    ``stacked`` is mapped along ``stacked_axis`` (``None``: it must not depend on the mapped
+    arguments, else ``coupled()`` is called); each of ``leaves`` comes out unbatched where it
+    does not depend on them. Returns the outputs and the set of leaves that do (still batched).
+    """
+
+    def run(axes: Any, stacked: Any = stacked_axis, abstract: bool = False) -> Any:
+        mapped = jax.vmap(fn, in_axes=in_axes, out_axes=(0, stacked, axes))
+        return jax.eval_shape(mapped, *args) if abstract else mapped(*args)
+
+    def fits(axes: Any, stacked: Any = stacked_axis) -> bool:
+        try:
+            run(axes, stacked, abstract=True)
+        except ValueError as err:
+            if "out_axes" not in str(err):
+                raise
+            return False
+        return True
+
+    try:
+        return (*run(None), frozenset())
+    except ValueError as err:
+        if "out_axes" not in str(err):
+            raise
+    if coupled is not None and not fits(0):
+        coupled()
+    count = len(run(0, 0, abstract=True)[2])
+    batched = frozenset(k for k in range(count) if not fits([None if i == k else 0 for i in range(count)]))
+    return (*run([0 if k in batched else None for k in range(count)]), batched)
+
+
+def forward(
+    plan: Plan,
+    base: Address,
+    f: Callable[[Any, Any], tuple[Any, Any]],
+    init: Any,
+    xs: Any,
+    inputs: tuple[dict, dict],
+    length: int,
+) -> tuple[Any, Any, jax.Array]:
+    """The forward algorithm over a ``ppl.scan``: ``(final carry, ys, log Σ over every step's values)``."""
+    if length == 0:
+        raise ValueError(f"{plan.program}: ppl.scan at '{format_address(base) or '/'}' has length 0")
+    where = f"ppl.scan at '{format_address(base) or '/'}'"
+
+    def step_table(carry: Any, x: Any, step_inputs: tuple[dict, dict]) -> Table:
+        given, tilts = step_inputs
+        return solve(
+            plan,
+            lambda subst: Eliminator(plan, given, tilts, subst, base),
+            lambda: _step(f, carry, x, where),
+            split=lambda out: out,
+        )
+
+    first = jax.tree_util.tree_map(lambda v: v[0], (inputs, xs))
+    table = step_table(init, first[1], first[0])
+    carries = jax.tree_util.tree_map(_strong, table.stacked)
+    y_tree = jax.tree_util.tree_structure(table.shared)
+    first_ys = jax.tree_util.tree_leaves(table.shared)
+    dependent, sites = set(table.dependent), table.sites
+    log_alpha = table.scores
+    ys_rest: list[Any] = [x[None] for x in first_ys]
+    if length > 1:
+        rest = jax.tree_util.tree_map(lambda v: v[1:], (inputs, xs))
+        box: list[Table] = []
+
+        def from_state(carry: Any, x: Any, step_inputs: Any) -> tuple[Any, Any, list[Any]]:
+            table = step_table(carry, x, step_inputs)
+            box.append(table)
+            leaves = jax.tree_util.tree_leaves(table.shared)
+            leaves = [_zero(v) if k in table.dependent else v for k, v in enumerate(leaves)]
+            return table.scores, jax.tree_util.tree_map(_strong, table.stacked), leaves
+
+        def step(state: Any, packed: Any) -> Any:
+            log_alpha, carries = state
+            step_inputs, x = packed
+
+            def coupled() -> None:
+                raise ValueError(
+                    f"{plan.program}: {where}: the carry after a step depends on the previous step's "
+                    f"carry beyond the values of this step's summed-out sites ({listing(box[-1].sites)}): "
+                    "the forward algorithm needs the carry to be a function of the current step's "
+                    "summed-out values (a Markov chain in them); carry only those values, or keep the sites"
+                )
+
+            scores, new_carries, leaves, batched = _map(
+                from_state, (carries, x, step_inputs), (0, None, None), None, coupled
+            )
+            dependent.update(box[-1].dependent | batched)
+            leaves = [_zero(v[0]) if k in batched else v for k, v in enumerate(leaves)]
+            log_alpha = plan.combine(log_alpha[:, None] + scores, axis=0)
+            return (log_alpha, new_carries), leaves
+
+        (log_alpha, carries), ys = jax.lax.scan(step, (log_alpha, carries), rest, length=length - 1)
+        ys_rest = [jnp.concatenate([a, jnp.asarray(b, a.dtype)]) for a, b in zip(ys_rest, ys)]
+    total = plan.combine(log_alpha)
+    ys = _placeholders(
+        jax.tree_util.tree_unflatten(y_tree, ys_rest), frozenset(dependent), f"the outputs of {where}", sites
+    )
+    n = log_alpha.shape[0]
+    if n == 1:
+        carry = jax.tree_util.tree_map(lambda v: v[0], carries)
+    else:
+        count = len(jax.tree_util.tree_leaves(carries))
+        carry = _placeholders(carries, frozenset(range(count)), f"the final carry of {where}", sites)
+    return carry, ys, total
+
+
+def _step(f: Callable[[Any, Any], tuple[Any, Any]], carry: Any, x: Any, where: str) -> tuple[Any, Any]:
+    out = f(carry, x)
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise TypeError(f"{where}: the step function must return (carry, y), got {type(out).__name__}")
+    return out
+
+
+def _strong(x: Any) -> jax.Array:
+    """``x`` as an array of its own dtype, not weakly typed (scan carries must match exactly)."""
+    x = jnp.asarray(x)
+    return x.astype(x.dtype)
+
+
+def _zero(x: Any) -> jax.Array:
+    return jnp.zeros(jnp.shape(x), jnp.result_type(x))
+
+
+def _finite(d: nd.Distribution) -> bool:
+    return bool(getattr(d, "has_enumerate_support", False))
+
+
+def _refuse(plan: Plan, where: Address, d: nd.Distribution) -> jax.Array:
+    raise ValueError(
+        f"{plan.program}: address '{format_address(where)}' ({name(d)}) has no value given and no "
+        "finite support to sum over: give its value (keep it), or sample it with a guide"
+    )
+
+
+def _placeholders(out: Any, dependent: frozenset[int], what: str, sites: tuple[Address, ...]) -> Any:
+    if not dependent:
+        return out
+    leaves, tree = jax.tree_util.tree_flatten(out)
+    message = (
+        f"{what} depends on the summed-out {listing(sites) if sites else 'sites'}: a summed-out value "
+        "cannot leave its plate element or scan step (the elements or steps using it would be "
+        "coupled, and elimination per element is not possible); use it inside the element or step, "
+        "or keep the site (give its value, or sample it with a guide: reinforce or mvd there)"
+    )
+    leaves = [SummedOut(message) if k in dependent else x for k, x in enumerate(leaves)]
+    return jax.tree_util.tree_unflatten(tree, leaves)
+
+
+def eliminate(
+    g: Any, given: dict[Address, Any], args: tuple, plan: Plan, tilts: dict[Address, Any] | None = None
+) -> jax.Array:
+    """``log Σ_z g(given, z; args)`` (or ``max_z``) over every site ``given`` leaves out."""
+    table = solve(
+        plan,
+        lambda subst: Eliminator(plan, given, tilts or {}, subst),
+        lambda: g.invoke(_current(), (), args),
+    )
+    return plan.combine(table.scores)
+
+
+def _current() -> Handler:
+    from ppl._handlers import current
+
+    handler = current()
+    assert handler is not None
+    return handler

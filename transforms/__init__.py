@@ -20,6 +20,7 @@ from ppl.transforms._baselines import (
 )
 from ppl.transforms._checkpoint import load_checkpoint, save_checkpoint
 from ppl.transforms._estimator import Estimate, Estimator, StrategyWarning
+from ppl.transforms._exact import DiscretePosterior, Exact, ExactMarginal, exact, infer_discrete
 from ppl.transforms._expectation import (
     Expectation,
     add_cost,
@@ -88,9 +89,12 @@ __all__ = [
     "Compositional",
     "Constant",
     "Decision",
+    "DiscretePosterior",
     "Enum",
     "Estimate",
     "Estimator",
+    "Exact",
+    "ExactMarginal",
     "Expectation",
     "Explanation",
     "FitError",
@@ -122,12 +126,14 @@ __all__ = [
     "elbo",
     "elbo_stl",
     "enum",
+    "exact",
     "expectation",
     "fit",
     "forward_kl",
     "generate",
     "hvi",
     "independence_mh",
+    "infer_discrete",
     "iwelbo",
     "iwelbo_dreg",
     "iwelbo_stl",

@@ -45,6 +45,8 @@ class Plan:
     max_states: int = 65536
     program: str = "the program"
     role: str = "the value given to the marginal"
+    #: Filled while tracing: per summed-out address, ``(block axes, support size, value shape, dtype)``.
+    found: dict[Address, tuple[tuple[int, ...], Any]] | None = dataclasses.field(default=None, compare=False)
 
     def combine(self, scores: jax.Array, axis: int = 0) -> jax.Array:
         if self.reduce == "max":
@@ -73,7 +75,7 @@ class SummedOut:
     def __repr__(self) -> str:
         return "<summed out>"
 
-    __jax_array__ = __array__ = __bool__ = __float__ = __int__ = __index__ = __len__ = __iter__ = _fail
+    __array__ = __bool__ = __float__ = __int__ = __index__ = __len__ = __iter__ = _fail
     __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __rtruediv__ = _fail
     __floordiv__ = __rfloordiv__ = __mod__ = __pow__ = __rpow__ = __matmul__ = __rmatmul__ = _fail
     __neg__ = __pos__ = __abs__ = __getitem__ = __lt__ = __le__ = __gt__ = __ge__ = _fail
@@ -92,8 +94,9 @@ class _Unset(Exception):
 class Eliminator(Handler):
     """One run of a program (or of a block's element) with some sites given and some set.
 
-    ``given``: values of the kept sites; ``tilts``: per summed-out address, a log weight added to
-    each of its values (their gradient is the posterior marginal); ``subst``: the values (with
+    ``given``: values of the kept sites; ``tilts``: per summed-out address, ``(τ, λ)``: the log
+    weight ``τ[j] + Σ λ·v_j`` is added to its ``j``-th value ``v_j`` (their gradients are the
+    posterior marginals and mean under log-sum-exp, the MAP under max); ``subst``: the values (with
     their index in the support) of the summed-out sites set so far in this element.
     """
 
@@ -104,13 +107,17 @@ class Eliminator(Handler):
         tilts: dict[Address, Any],
         subst: dict[Address, tuple[Any, Any]],
         base: Address = (),
+        axes: tuple[int, ...] = (),
     ):
         super().__init__()
         self.plan, self.given, self.tilts, self.subst, self.base = plan, given, tilts, subst, base
+        #: The sizes of the enclosing blocks (plates and scans), outermost first.
+        self.axes = axes
         self.score = jnp.zeros(())
         self.used: set[Address] = set()
         self.sampled: set[Address] = set()
         self._block_base: Address = ()
+        self._block_axes: tuple[int, ...] = ()
 
     def sample(self, addr: Address, d: Any) -> Any:
         full = self.claim(addr, name(d))
@@ -125,7 +132,8 @@ class Eliminator(Handler):
             value, index = self.subst[full]
             lp = site_log_prob(d, value, ok)
             if full in self.tilts:
-                lp = lp + self.tilts[full][index]
+                tilt, linear = self.tilts[full]
+                lp = lp + tilt[index] + jnp.sum(linear * value)
         else:
             raise _Unset(self, full, d)
         self.score = self.score + lp
@@ -151,11 +159,12 @@ class Eliminator(Handler):
         check_leading_axis(self.plan.program, self.base + base, given, size)
         self.used.update(base + a for a in given)
         self._block_base = self.base + base
+        self._block_axes = (*self.axes, size)
         return given, tilts
 
     def child(self, inputs: Any) -> Eliminator:
         given, tilts = inputs
-        return Eliminator(self.plan, given, tilts, {}, self._block_base)
+        return Eliminator(self.plan, given, tilts, {}, self._block_base, self._block_axes)
 
     def discovery_child(self, key: jax.Array) -> Handler:
         return Interpreter(key, {}, "discover", program=self.plan.program)
@@ -168,8 +177,8 @@ class Eliminator(Handler):
 
     def run_element(self, inputs: Any, thunk: Callable[[], Any]) -> tuple[Any, Any, Any]:
         given, tilts = inputs
-        base = self._block_base
-        table = solve(self.plan, lambda subst: Eliminator(self.plan, given, tilts, subst, base), thunk)
+        base, axes = self._block_base, self._block_axes
+        table = solve(self.plan, lambda subst: Eliminator(self.plan, given, tilts, subst, base, axes), thunk)
         return table.shared, self.plan.combine(table.scores), (base, table.dependent, table.sites)
 
     def absorb(self, base: Address, kind: str, arrays: Any, static: Any) -> None:
@@ -189,7 +198,7 @@ class Eliminator(Handler):
             return None if addr else discover_addresses(self, scan_body(f, init, xs, length), length)
 
         inputs = self.block_inputs(prefix, length, own)
-        carry, ys, total = forward(self.plan, self._block_base, f, init, xs, inputs, length)
+        carry, ys, total = forward(self.plan, self._block_base, self._block_axes, f, init, xs, inputs, length)
         self.score = self.score + total
         return carry, ys
 
@@ -242,6 +251,8 @@ def solve(
     where = handler.base + unset.address
     values = joint_support(where, unset.dist) if _finite(unset.dist) else _refuse(plan, where, unset.dist)
     n = values.shape[0]
+    if plan.found is not None:
+        plan.found[where] = (handler.axes, n, values.shape[1:], values.dtype)
     if count * n > plan.max_states:
         raise ValueError(
             f"{plan.program}: summing out address '{format_address(where)}' ({name(unset.dist)}, {n} values) "
@@ -313,6 +324,7 @@ def _map(
 def forward(
     plan: Plan,
     base: Address,
+    axes: tuple[int, ...],
     f: Callable[[Any, Any], tuple[Any, Any]],
     init: Any,
     xs: Any,
@@ -328,7 +340,7 @@ def forward(
         given, tilts = step_inputs
         return solve(
             plan,
-            lambda subst: Eliminator(plan, given, tilts, subst, base),
+            lambda subst: Eliminator(plan, given, tilts, subst, base, axes),
             lambda: _step(f, carry, x, where),
             split=lambda out: out,
         )

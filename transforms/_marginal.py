@@ -247,14 +247,13 @@ class Marginal(_EstimatedDensity):
                 raise ValueError(f"{self!r}: {what} kept address '{format_address(k)}'")
 
 
-def marginal(
-    g: GenerativeFunction, keep: Sequence[str | Address] | str, inference: SIR | None = None
-) -> Marginal:
+def marginal(g: GenerativeFunction, keep: Sequence[str | Address] | str, inference: Any = None) -> Any:
     """The marginal of ``g`` over the ``keep`` addresses, with the rest estimated out.
 
-    ``inference`` defaults to ``sir(1)``. ELBO over ``marginal(q, keep, sir(1))``
-    is hierarchical VI (HVI); IWELBO(1) over ``sir(m)`` is IWHVI(m), and
-    IWELBO(n) over ``sir(m)`` is DIWHVI(n, m).
+    ``inference`` defaults to ``sir(1)``; with :func:`~ppl.transforms.exact` the rest (sites
+    of finite support) is summed out exactly instead (:class:`~ppl.transforms.ExactMarginal`).
+    ELBO over ``marginal(q, keep, sir(1))`` is hierarchical VI (HVI); IWELBO(1) over
+    ``sir(m)`` is IWHVI(m), and IWELBO(n) over ``sir(m)`` is DIWHVI(n, m).
 
     Example:
         >>> import jax, numpyro.distributions as dist, ppl
@@ -273,8 +272,12 @@ def marginal(
     if not keep_list:
         raise ValueError("marginal: keep at least one address")
     inference = sir(1) if inference is None else inference
+    from ppl.transforms._exact import Exact, ExactMarginal  # _exact builds on this module
+
+    if isinstance(inference, Exact):
+        return ExactMarginal(g, tuple(as_address(k) for k in keep_list), inference)
     if not isinstance(inference, SIR):
-        raise TypeError(f"marginal: inference must be sir(K) or sir(K, proposal), got {inference!r}")
+        raise TypeError(f"marginal: inference must be sir(K), sir(K, proposal) or exact(), got {inference!r}")
     return Marginal(g, tuple(as_address(k) for k in keep_list), inference)
 
 

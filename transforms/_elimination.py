@@ -28,7 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as nd
 
+from ppl import _checks
 from ppl._choice_map import Address, format_address, listing, subtree, suggest
+from ppl._compat import is_traced
 from ppl._distributions import check_parameters, check_value, joint_support, name, site_log_prob
 from ppl._handlers import Handler, check_leading_axis, discover_addresses, scan_body
 from ppl._interpreter import Interpreter
@@ -331,7 +333,12 @@ def forward(
     inputs: tuple[dict, dict],
     length: int,
 ) -> tuple[Any, Any, jax.Array]:
-    """The forward algorithm over a ``ppl.scan``: ``(final carry, ys, log Σ over every step's values)``."""
+    """Elimination along a ``ppl.scan``: ``(final carry, ys, log Σ over every step's values)``.
+
+    Step 0 runs from ``init``; every later step from each row of the previous step's carry table,
+    giving factors ``ℓ_t(j, k)``, summed by the backward recursion (so that the cost of values
+    summed out before the scan, on which ``init`` depends, does not multiply the chain's).
+    """
     if length == 0:
         raise ValueError(f"{plan.program}: ppl.scan at '{format_address(base) or '/'}' has length 0")
     where = f"ppl.scan at '{format_address(base) or '/'}'"
@@ -354,7 +361,6 @@ def forward(
     log_alpha = table.scores
     ys_rest: list[Any] = [x[None] for x in first_ys]
     if length > 1:
-        rest = jax.tree_util.tree_map(lambda v: v[1:], (inputs, xs))
         box: list[Table] = []
 
         def from_state(carry: Any, x: Any, step_inputs: Any) -> tuple[Any, Any, list[Any]]:
@@ -364,27 +370,51 @@ def forward(
             leaves = [_zero(v) if k in table.dependent else v for k, v in enumerate(leaves)]
             return table.scores, jax.tree_util.tree_map(_strong, table.stacked), leaves
 
-        def step(state: Any, packed: Any) -> Any:
-            log_alpha, carries = state
-            step_inputs, x = packed
+        def coupled() -> None:
+            raise ValueError(
+                f"{plan.program}: {where}: the carry after a step depends on the previous step's "
+                f"carry beyond the values of this step's summed-out sites ({listing(box[-1].sites)}): "
+                "the forward algorithm needs the carry to be a function of the current step's "
+                "summed-out values (a Markov chain in them); carry only those values, or keep the sites"
+            )
 
-            def coupled() -> None:
-                raise ValueError(
-                    f"{plan.program}: {where}: the carry after a step depends on the previous step's "
-                    f"carry beyond the values of this step's summed-out sites ({listing(box[-1].sites)}): "
-                    "the forward algorithm needs the carry to be a function of the current step's "
-                    "summed-out values (a Markov chain in them); carry only those values, or keep the sites"
-                )
-
+        def transition(carries: Any, step_inputs: Any, x: Any) -> tuple[Any, Any, list[Any]]:
+            """One step from every previous state: log factors ``(n_prev, n)``, the new carry table."""
             scores, new_carries, leaves, batched = _map(
                 from_state, (carries, x, step_inputs), (0, None, None), None, coupled
             )
             dependent.update(box[-1].dependent | batched)
-            leaves = [_zero(v[0]) if k in batched else v for k, v in enumerate(leaves)]
-            log_alpha = plan.combine(log_alpha[:, None] + scores, axis=0)
-            return (log_alpha, new_carries), leaves
+            return scores, new_carries, [_zero(v[0]) if k in batched else v for k, v in enumerate(leaves)]
 
-        (log_alpha, carries), ys = jax.lax.scan(step, (log_alpha, carries), rest, length=length - 1)
+        rest = jax.tree_util.tree_map(lambda v: v[1:], (inputs, xs))
+        tables = jax.tree_util.tree_map(lambda v: jnp.broadcast_to(v, (length - 1, *v.shape)), carries)
+        try:
+            # Fast path: the carry table is a function of the step's summed-out values only (not of
+            # the carry it came from, nor of the step's inputs), so it is the same at every step:
+            # every step's factors in one vectorized pass. Checked abstractly with the table mapped
+            # along the steps, then run with it shared (work that depends on it only is not repeated).
+            jax.eval_shape(jax.vmap(transition, out_axes=(0, None, 0)), tables, *rest)
+            factors, carries, ys = jax.vmap(transition, in_axes=(None, 0, 0), out_axes=(0, None, 0))(
+                carries, *rest
+            )
+        except ValueError as err:
+            if "out_axes" not in str(err):
+                raise
+
+            def step(carries: Any, packed: Any) -> Any:  # the table changes along the chain
+                factors, carries, leaves = transition(carries, *packed)
+                return carries, (factors, leaves)
+
+            carries, (factors, ys) = jax.lax.scan(step, carries, rest, length=length - 1)
+        # The backward recursion β_{t−1}(j) = log Σ_k exp(ℓ_t(j, k) + β_t(k)): values summed out
+        # before the scan (its initial carry) enter through the first step only.
+        beta = jax.lax.scan(
+            lambda b, f: (plan.combine(f + b[None, :], axis=1), None),
+            jnp.zeros_like(log_alpha),
+            factors,
+            reverse=True,
+        )[0]
+        log_alpha = log_alpha + beta
         ys_rest = [jnp.concatenate([a, jnp.asarray(b, a.dtype)]) for a, b in zip(ys_rest, ys)]
     total = plan.combine(log_alpha)
     ys = _placeholders(
@@ -444,13 +474,43 @@ def _placeholders(out: Any, dependent: frozenset[int], what: str, sites: tuple[A
 def eliminate(
     g: Any, given: dict[Address, Any], args: tuple, plan: Plan, tilts: dict[Address, Any] | None = None
 ) -> jax.Array:
-    """``log Σ_z g(given, z; args)`` (or ``max_z``) over every site ``given`` leaves out."""
-    table = solve(
-        plan,
-        lambda subst: Eliminator(plan, given, tilts or {}, subst),
-        lambda: g.invoke(_current(), (), args),
+    """``log Σ_z g(given, z; args)`` (or ``max_z``) over every site ``given`` leaves out.
+
+    Checks of traced numbers (parameters, given values) poison the sum instead of calling the
+    host at every element and step. Inside an estimator that is its usual protocol; outside one,
+    a NaN result is diagnosed: called eagerly, the elimination is re-run with the checks recorded
+    and the first failure raised (address, distribution, value); under the caller's ``jax.jit``
+    one host check on the result raises a message saying so.
+    """
+
+    def run() -> jax.Array:
+        table = solve(
+            plan,
+            lambda subst: Eliminator(plan, given, tilts or {}, subst),
+            lambda: g.invoke(_current(), (), args),
+        )
+        return plan.combine(table.scores)
+
+    if _checks._current() is not None:  # inside an estimator: its own protocol
+        return run()
+    with _checks.mode("carry"):
+        total = run()
+    if not _checks.runtime_checks():
+        return total
+    if not is_traced(total):
+        if bool(jnp.isnan(total)):
+            with _checks.diagnosing() as failures:
+                jax.block_until_ready(run())
+                jax.effects_barrier()
+                recorded = sorted(failures)
+            if recorded:
+                raise ValueError(recorded[0][1])
+        return total
+    message = _checks.escape(
+        f"{plan.program}: the log marginal is NaN: a distribution's parameter or a given value failed "
+        "its check (call it outside jax.jit for the address, the distribution and the value)"
     )
-    return plan.combine(table.scores)
+    return _checks.poison(total, _checks.require(~jnp.isnan(total), message))
 
 
 def _current() -> Handler:

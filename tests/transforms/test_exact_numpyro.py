@@ -695,16 +695,16 @@ def check_hmm(label, first, transition, emission, ys, params):
     return value
 
 
-@pytest.mark.parametrize("length", [3, 10])
-def test_a_two_state_hmm_with_normal_emissions(length) -> None:
+def test_a_two_state_hmm_with_normal_emissions() -> None:
     """Pyro test_elbo_hmm_in_model (x_0 ~ [0.5, 0.5], transitions 0.9/0.1, N(∓1, scale) emissions,
-    data all ones) with the chain enumerated in the model; gradients w.r.t. all three parameters."""
+    data all ones, T = 10) with the chain enumerated in the model; gradients w.r.t. all three
+    parameters."""
     check_hmm(
-        f"hmm_in_model T={length}",
+        "hmm_in_model T=10",
         lambda p: jnp.array([0.5, 0.5]),
         lambda p, x: p["transition_probs"][x],
         lambda p, x: dist.Normal(p["obs_locs"][x], p["obs_scale"]),
-        jnp.ones(length),
+        jnp.ones(10),
         HMM_IN_MODEL,
     )
 

@@ -21,6 +21,7 @@ import jax
 from numpyro.distributions import Distribution
 
 from ppl._choice_map import Address, format_address
+from ppl._compat import trace_state
 from ppl._foreign import ForeignEffectGuard
 
 _STACK: list[Handler] = []
@@ -43,6 +44,9 @@ class Handler(abc.ABC):
         self._guard = ForeignEffectGuard(self.kind)
 
     def __enter__(self) -> Handler:
+        # Sample sites must run in the transformation context the handler was entered in: a
+        # site inside a jax.lax.cond branch (or a raw jax.vmap/while_loop) would leak its values.
+        self.trace = trace_state()
         _STACK.append(self)
         self._guard.__enter__()
         # ppl's checks (the same constraints, with the site's address) replace NumPyro's

@@ -96,3 +96,22 @@ def test_tfp_distributions_work_as_sites() -> None:
         rate=jnp.exp(trace.choices["z"])
     ).log_prob(trace.choices["n"])
     assert jnp.allclose(trace.score, expected, atol=1e-5)
+
+
+def test_a_sample_site_inside_a_raw_lax_cond_is_refused_with_advice() -> None:
+    """Sites in a jax.lax.cond branch would leak tracers out of the branch: refused, naming the site."""
+
+    @ppl.gen
+    def branching(x):
+        return jax.lax.cond(
+            x > 0,
+            lambda: ppl.sample("a", dist.Normal(0.0, 1.0)),
+            lambda: ppl.sample("b", dist.Normal(1.0, 1.0)),
+        )
+
+    with pytest.raises(
+        RuntimeError, match=r"ppl.sample\('a', ...\) runs inside a JAX transformation.*jax.lax.cond"
+    ):
+        branching.simulate(jax.random.key(0), 1.0)
+    with pytest.raises(RuntimeError, match=r"ppl.sample\('a', ...\) runs inside a JAX transformation"):
+        jax.jit(lambda x: branching.assess({"a": 0.0}, x)[0])(1.0)

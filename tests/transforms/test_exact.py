@@ -577,3 +577,26 @@ def test_kept_and_given_addresses_must_agree() -> None:
         extra.assess({"xs": {"x": X4, "y": X4}}, LOGITS, MU, 4)
     with pytest.raises(ValueError, match="max_states must be a positive int"):
         T.exact(0)
+
+
+def test_simulate_keeps_the_kept_choices_scored_by_the_exact_marginal() -> None:
+    marg = T.marginal(mixture, keep=["xs/x"], inference=T.exact())
+    trace = marg.simulate(jax.random.key(3), LOGITS, MU, 4)
+    assert set(trace.choices) == {"xs"} and set(trace.choices["xs"]) == {"x"}
+    x = trace.choices["xs"]["x"]
+    assert_close(trace.score, brute_force(mixture, {"xs/x": x}, {"xs/z": ((4,), 3)}, LOGITS, MU, 4))
+
+
+def test_an_exact_marginal_sampled_inside_an_objective_is_scored_exactly() -> None:
+    """sim(marginal) draws every site of the model by its strategy and keeps the kept choices; the
+    trace's score is their exact log marginal (a plain objective returning it)."""
+    marg = T.marginal(mixture, keep=["xs/x"], inference=T.exact())
+
+    @T.expectation
+    def score(params):
+        trace = T.sim(marg, LOGITS, params, 4)
+        return trace.score - jax.lax.stop_gradient(marg.assess(trace.choices, LOGITS, params, 4)[0])
+
+    est = score.estimator(strategies={"xs/z": T.reinforce()})
+    value, _, _ = est.value_and_grad(jax.random.key(0), MU)
+    assert_close(value, 0.0)

@@ -162,7 +162,9 @@ def test_bad_input() -> None:
         T.mcmc(kernel, {})
     with pytest.raises(TypeError, match="independence_mh's proposal expects a generative function"):
         T.independence_mh(lambda: None)
-    with pytest.raises(TypeError, match=r"marginal: inference must be sir\(K\) or sir\(K, proposal\), got"):
+    with pytest.raises(
+        TypeError, match=r"marginal: inference must be sir\(K\), sir\(K, proposal\) or exact\(\), got"
+    ):
         T.marginal(soft_model, keep="x", inference=T.mcmc(kernel, {"z": 0}))
     key = jax.random.key(0)
     missing = T.normalize(soft_model, {"x": 0.0}, T.mcmc(kernel, {"w": 0}))

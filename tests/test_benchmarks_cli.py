@@ -16,6 +16,7 @@ BENCHMARKS = os.path.join(os.path.dirname(HERE), "benchmarks")
 sys.path.insert(0, BENCHMARKS)
 
 import discrete_latents  # noqa: E402
+import enumeration  # noqa: E402
 import overhead  # noqa: E402
 import unnormalized_overhead  # noqa: E402
 import vae_overhead  # noqa: E402
@@ -79,6 +80,32 @@ def test_unnormalized_overhead_misuse_exits_2(argv, message, capsys, monkeypatch
     with pytest.raises(SystemExit) as exit_:
         unnormalized_overhead.main(argv)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--mixture", "1000,"], "(no empty entries)"),
+        (["--states", "0"], "argument --states: expected a positive integer, got '0'"),
+        (["--lengths", "x"], "argument --lengths: expected a positive integer, got 'x'"),
+        (["--repeats", "0"], "argument --repeats: expected a positive integer, got '0'"),
+        (["--runtime-checks", "maybe"], "argument --runtime-checks: invalid choice"),
+        (["--json", "/nonexistent-folder/out.json"], "does not exist"),
+    ],
+)
+def test_enumeration_misuse_exits_2(argv, message, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(enumeration, "bench", _no_measurement)
+    with pytest.raises(SystemExit) as exit_:
+        enumeration.main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_enumeration_agrees_with_hand_written_jax_on_small_sizes(capsys) -> None:
+    """A tiny run: every system's value and gradient are asserted equal to hand-written JAX."""
+    enumeration.main(
+        ["--mixture", "50", "--components", "2", "--lengths", "5", "--states", "2", "--repeats", "2"]
+    )
+    assert "hmm" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

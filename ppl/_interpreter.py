@@ -40,6 +40,7 @@ class Interpreter(Handler):
         self.score = jnp.zeros(())
         self.weight = jnp.zeros(())
         self.used: set[Address] = set()
+        self._block_base: Address = ()  # the absolute address of the block being entered
 
     def next_key(self) -> jax.Array:
         key = jax.random.fold_in(self.key, self.counter)
@@ -78,12 +79,13 @@ class Interpreter(Handler):
         owned = own() if given else None
         if owned is not None:
             given = {a: v for a, v in given.items() if a in owned}
-        check_leading_axis(self.role, base, given, size)
+        check_leading_axis(self.role, self.base + base, given, size)
+        self._block_base = self.base + base
         return keys, given
 
     def child(self, inputs: Any) -> Interpreter:
         keys, given = inputs
-        return Interpreter(keys, given, self.role, self.base + self._prefix, self.program)
+        return Interpreter(keys, given, self.role, self._block_base, self.program)
 
     def discovery_child(self, key: jax.Array) -> Interpreter:
         return Interpreter(key, {}, "discover", program=self.program)

@@ -115,3 +115,19 @@ def test_a_sample_site_inside_a_raw_lax_cond_is_refused_with_advice() -> None:
         branching.simulate(jax.random.key(0), 1.0)
     with pytest.raises(RuntimeError, match=r"ppl.sample\('a', ...\) runs inside a JAX transformation"):
         jax.jit(lambda x: branching.assess({"a": 0.0}, x)[0])(1.0)
+
+
+def test_messages_inside_a_plate_name_the_full_address() -> None:
+    @ppl.gen
+    def count():
+        ppl.sample("x", dist.Poisson(2.0))
+
+    @ppl.gen
+    def counts():
+        ppl.sample("xs", ppl.vmap(count, axis_size=3))
+
+    # traced inside the plate's vmap: raised through a host callback (a JaxRuntimeError carrying it)
+    with pytest.raises(Exception, match=r"address 'xs/x' \(Poisson\): the value given to assess is -1.0"):
+        counts.assess({"xs": {"x": jnp.array([1.0, -1.0, 2.0])}})
+    with pytest.raises(ValueError, match=r"address 'xs/y', which .* never samples; it samples 'xs/x'"):
+        counts.assess({"xs": {"x": jnp.array([1, 1, 2]), "y": jnp.ones(3)}})

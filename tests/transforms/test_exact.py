@@ -600,3 +600,14 @@ def test_an_exact_marginal_sampled_inside_an_objective_is_scored_exactly() -> No
     est = score.estimator(strategies={"xs/z": T.reinforce()})
     value, _, _ = est.value_and_grad(jax.random.key(0), MU)
     assert_close(value, 0.0)
+
+
+def test_bad_data_inside_a_plate_is_named_eagerly_and_refused_under_jit() -> None:
+    """Checks inside plates and chains poison the sum; called eagerly the failure is re-run and
+    named (address, distribution, value); under jit one host check refuses the NaN result."""
+    marg = T.marginal(mixture, keep=["xs/x"], inference=T.exact())
+    bad = X4.at[2].set(jnp.nan)
+    with pytest.raises(ValueError, match=r"address 'xs/x' \(Normal\): the value given to .* is nan"):
+        marg.assess({"xs": {"x": bad}}, LOGITS, MU, 4)
+    with pytest.raises(Exception, match="the log marginal is NaN"):
+        jax.block_until_ready(jax.jit(lambda x: marg.assess({"xs": {"x": x}}, LOGITS, MU, 4)[0])(bad))

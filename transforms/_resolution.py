@@ -142,7 +142,10 @@ class Config:
             inside = in_block if isinstance(in_block, str) else "ppl.vmap or ppl.scan"
             raise ValueError(
                 f"{type(strategy).__name__.lower()} at {where}: continuation strategies are not "
-                f"available inside {inside}; use reparam or reinforce there"
+                f"available inside {inside}: the rest of the objective cannot be re-run for one element "
+                "alone (per-element enumeration and weak derivatives of a block's sites are not built "
+                "yet); use reparam or reinforce there (with leave_one_out across particles), or, for a "
+                "model's discrete sites, sum them out exactly: marginal(model, keep=[...], inference=exact())"
             )
         baseline = strategy.baseline
         if baseline is not None and baseline.deferred and self.particles < 2:

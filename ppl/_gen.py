@@ -123,7 +123,7 @@ def sample(addr: str | Address, d: Any, *args: Any) -> Any:
             "the program (jax.lax.cond/switch/while_loop/fori_loop, jax.vmap, jax.jit, jax.checkpoint, ...): "
             "its value and log density would leak out of it. Sample outside it: ppl.vmap for independent "
             "copies, ppl.scan for loops; for branches, sample what every branch needs first and select "
-            "with jnp.where (or make the branch a discrete site and sum it out)"
+            "with jnp.where"
         )
     if isinstance(d, GenerativeFunction):
         return d.invoke(handler, address, args)

@@ -50,10 +50,47 @@ class Plan:
     #: Filled while tracing: per summed-out address, ``(block axes, support size, value shape, dtype)``.
     found: dict[Address, tuple[tuple[int, ...], Any]] | None = dataclasses.field(default=None, compare=False)
 
-    def combine(self, scores: jax.Array, axis: int = 0) -> jax.Array:
+    def combine(self, scores: jax.Array, axis: int = 0, key: jax.Array | None = None) -> jax.Array:
+        """Sum (log-sum-exp), max, or with ``reduce="sample"`` log-sum-exp whose derivative is a
+        one-hot sample of the reduced axis ∝ ``exp(scores)`` (Gumbel-max with ``key``)."""
         if self.reduce == "max":
             return jnp.max(scores, axis=axis)
+        if self.reduce == "sample":
+            if key is None:
+                raise ValueError("elimination with reduce='sample' needs a key")
+            scores = jnp.moveaxis(scores, axis, -1)
+            return _sampled_logsumexp(scores, jax.random.gumbel(key, scores.shape[-1:], scores.dtype))
         return jax.nn.logsumexp(scores, axis=axis)
+
+
+@jax.custom_vjp
+def _sampled_logsumexp(scores: jax.Array, noise: jax.Array) -> jax.Array:
+    """``logsumexp(scores, -1)``; its VJP routes the cotangent to one entry, ``argmax(scores + noise)``.
+
+    Back-propagated through an elimination, cotangents reach exactly the values of one joint draw
+    from the posterior (ancestral sampling in reverse elimination order: forward filtering, backward
+    sampling along chains), when ``noise`` is standard Gumbel.
+    """
+    return jax.nn.logsumexp(scores, axis=-1)
+
+
+def _sampled_forward(scores: jax.Array, noise: jax.Array) -> tuple[jax.Array, Any]:
+    return jax.nn.logsumexp(scores, axis=-1), (scores, noise)
+
+
+def _sampled_backward(residuals: Any, g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    scores, noise = residuals
+    pick = jax.nn.one_hot(jnp.argmax(scores + noise, axis=-1), scores.shape[-1], dtype=scores.dtype)
+    return g[..., None] * pick, jnp.zeros_like(noise)
+
+
+_sampled_logsumexp.defvjp(_sampled_forward, _sampled_backward)
+#: fold_in data for the key of an element's or step's own sampled reduction.
+_COMBINE = 0x7FFFFFFF
+
+
+def _combine_key(key: jax.Array | None) -> jax.Array | None:
+    return None if key is None else jax.random.fold_in(key, _COMBINE)
 
 
 class SummedOut:
@@ -110,9 +147,13 @@ class Eliminator(Handler):
         subst: dict[Address, tuple[Any, Any]],
         base: Address = (),
         axes: tuple[int, ...] = (),
+        key: jax.Array | None = None,
     ):
         super().__init__()
         self.plan, self.given, self.tilts, self.subst, self.base = plan, given, tilts, subst, base
+        #: With ``reduce="sample"``: the key of this element's (or step's) blocks' noise.
+        self.key = key
+        self.counter = 0
         #: The sizes of the enclosing blocks (plates and scans), outermost first.
         self.axes = axes
         self.score = jnp.zeros(())
@@ -162,11 +203,15 @@ class Eliminator(Handler):
         self.used.update(base + a for a in given)
         self._block_base = self.base + base
         self._block_axes = (*self.axes, size)
-        return given, tilts
+        keys = None
+        if self.key is not None:
+            keys = jax.random.split(jax.random.fold_in(self.key, self.counter), size)
+            self.counter += 1
+        return given, tilts, keys
 
     def child(self, inputs: Any) -> Eliminator:
-        given, tilts = inputs
-        return Eliminator(self.plan, given, tilts, {}, self._block_base, self._block_axes)
+        given, tilts, key = inputs
+        return Eliminator(self.plan, given, tilts, {}, self._block_base, self._block_axes, key)
 
     def discovery_child(self, key: jax.Array) -> Handler:
         return Interpreter(key, {}, "discover", program=self.plan.program)
@@ -178,10 +223,13 @@ class Eliminator(Handler):
         return self.score, None
 
     def run_element(self, inputs: Any, thunk: Callable[[], Any]) -> tuple[Any, Any, Any]:
-        given, tilts = inputs
+        given, tilts, key = inputs
         base, axes = self._block_base, self._block_axes
-        table = solve(self.plan, lambda subst: Eliminator(self.plan, given, tilts, subst, base, axes), thunk)
-        return table.shared, self.plan.combine(table.scores), (base, table.dependent, table.sites)
+        table = solve(
+            self.plan, lambda subst: Eliminator(self.plan, given, tilts, subst, base, axes, key), thunk
+        )
+        total = self.plan.combine(table.scores, key=_combine_key(key))
+        return table.shared, total, (base, table.dependent, table.sites)
 
     def absorb(self, base: Address, kind: str, arrays: Any, static: Any) -> None:
         self.score = self.score + jnp.sum(arrays)
@@ -330,7 +378,7 @@ def forward(
     f: Callable[[Any, Any], tuple[Any, Any]],
     init: Any,
     xs: Any,
-    inputs: tuple[dict, dict],
+    inputs: tuple[dict, dict, Any],
     length: int,
 ) -> tuple[Any, Any, jax.Array]:
     """Elimination along a ``ppl.scan``: ``(final carry, ys, log Σ over every step's values)``.
@@ -343,11 +391,11 @@ def forward(
         raise ValueError(f"{plan.program}: ppl.scan at '{format_address(base) or '/'}' has length 0")
     where = f"ppl.scan at '{format_address(base) or '/'}'"
 
-    def step_table(carry: Any, x: Any, step_inputs: tuple[dict, dict]) -> Table:
-        given, tilts = step_inputs
+    def step_table(carry: Any, x: Any, step_inputs: tuple[dict, dict, Any]) -> Table:
+        given, tilts, key = step_inputs
         return solve(
             plan,
-            lambda subst: Eliminator(plan, given, tilts, subst, base, axes),
+            lambda subst: Eliminator(plan, given, tilts, subst, base, axes, key),
             lambda: _step(f, carry, x, where),
             split=lambda out: out,
         )
@@ -408,15 +456,16 @@ def forward(
             carries, (factors, ys) = jax.lax.scan(step, carries, rest, length=length - 1)
         # The backward recursion β_{t−1}(j) = log Σ_k exp(ℓ_t(j, k) + β_t(k)): values summed out
         # before the scan (its initial carry) enter through the first step only.
-        beta = jax.lax.scan(
-            lambda b, f: (plan.combine(f + b[None, :], axis=1), None),
-            jnp.zeros_like(log_alpha),
-            factors,
-            reverse=True,
-        )[0]
+        step_keys = None if inputs[2] is None else inputs[2][1:]
+
+        def backward(b: jax.Array, packed: Any) -> tuple[jax.Array, None]:
+            f, key = packed
+            return plan.combine(f + b[None, :], axis=1, key=_combine_key(key)), None
+
+        beta = jax.lax.scan(backward, jnp.zeros_like(log_alpha), (factors, step_keys), reverse=True)[0]
         log_alpha = log_alpha + beta
         ys_rest = [jnp.concatenate([a, jnp.asarray(b, a.dtype)]) for a, b in zip(ys_rest, ys)]
-    total = plan.combine(log_alpha)
+    total = plan.combine(log_alpha, key=None if inputs[2] is None else _combine_key(inputs[2][0]))
     ys = _placeholders(
         jax.tree_util.tree_unflatten(y_tree, ys_rest), frozenset(dependent), f"the outputs of {where}", sites
     )
@@ -472,7 +521,12 @@ def _placeholders(out: Any, dependent: frozenset[int], what: str, sites: tuple[A
 
 
 def eliminate(
-    g: Any, given: dict[Address, Any], args: tuple, plan: Plan, tilts: dict[Address, Any] | None = None
+    g: Any,
+    given: dict[Address, Any],
+    args: tuple,
+    plan: Plan,
+    tilts: dict[Address, Any] | None = None,
+    key: jax.Array | None = None,
 ) -> jax.Array:
     """``log Σ_z g(given, z; args)`` (or ``max_z``) over every site ``given`` leaves out.
 
@@ -486,10 +540,10 @@ def eliminate(
     def run() -> jax.Array:
         table = solve(
             plan,
-            lambda subst: Eliminator(plan, given, tilts or {}, subst),
+            lambda subst: Eliminator(plan, given, tilts or {}, subst, key=key),
             lambda: g.invoke(_current(), (), args),
         )
-        return plan.combine(table.scores)
+        return plan.combine(table.scores, key=_combine_key(key))
 
     if _checks._current() is not None:  # inside an estimator: its own protocol
         return run()

@@ -130,6 +130,8 @@ class DiscretePosterior:
         mean: per site, the posterior mean ``E[z | choices]``.
         map: per site, its value in the jointly most probable assignment (Viterbi along scans).
         map_log_density: ``max_z log p(choices, z; args)``.
+        sample: with a ``key``, per site, its value in one joint draw from the posterior (forward
+            filtering, backward sampling along scans); ``None`` without a key.
     """
 
     log_marginal: jax.Array
@@ -137,9 +139,16 @@ class DiscretePosterior:
     mean: dict[str, jax.Array]
     map: dict[str, jax.Array]
     map_log_density: jax.Array
+    sample: dict[str, jax.Array] | None = None
 
 
-def infer_discrete(model: GenerativeFunction, choices: ChoiceMap, *args: Any, max_states: int = 65536) -> Any:
+def infer_discrete(
+    model: GenerativeFunction,
+    choices: ChoiceMap,
+    *args: Any,
+    key: jax.Array | None = None,
+    max_states: int = 65536,
+) -> Any:
     """Posterior marginals, means and MAP assignment of the sites of ``model`` that ``choices`` omits.
 
     Each such site must have a finite support. With ``log Z(τ, λ) = log Σ_z p(choices, z)
@@ -147,7 +156,9 @@ def infer_discrete(model: GenerativeFunction, choices: ChoiceMap, *args: Any, ma
     site ``s`` at its ``j``-th value is ``∂ log Z / ∂ τ_s[j]`` and its mean ``∂ log Z / ∂ λ_s``
     at zero: one backward pass of the elimination (forward-backward along scans). With max in
     place of the sum the derivative in ``λ`` is the MAP assignment (Viterbi's backtracking);
-    where several assignments tie for the maximum it averages them.
+    where several assignments tie for the maximum it averages them. With ``key``, the same
+    derivative through a log-sum-exp whose backward pass draws one index per reduction
+    (Gumbel-max) is a joint posterior sample: backward sampling given the forward sums.
 
     Example:
         >>> import jax.numpy as jnp, numpyro.distributions as dist, ppl
@@ -173,19 +184,24 @@ def infer_discrete(model: GenerativeFunction, choices: ChoiceMap, *args: Any, ma
         for a, (axes, n, shape, _) in found.items()
     }
 
-    def run(reduce: str) -> Any:
+    def run(reduce: str, key: jax.Array | None = None) -> Any:
         plan = Plan(reduce, max_states, program, f"the value given to {program}")
-        return jax.value_and_grad(lambda t: eliminate(model, given, args, plan, t))(tilts)
+        return jax.value_and_grad(lambda t: eliminate(model, given, args, plan, t, key))(tilts)
 
-    log_marginal, (by_value) = run("sum")
+    log_marginal, by_value = run("sum")
     map_value, at_map = run("max")
     names = {a: format_address(a) for a in found}
+    sample = None
+    if key is not None:
+        drawn = run("sample", key)[1]
+        sample = {names[a]: _as_value(drawn[a][1], found[a][3]) for a in found}
     return DiscretePosterior(
         log_marginal,
         {names[a]: by_value[a][0] for a in found},
         {names[a]: by_value[a][1] for a in found},
         {names[a]: _as_value(at_map[a][1], found[a][3]) for a in found},
         map_value,
+        sample,
     )
 
 

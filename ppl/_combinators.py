@@ -7,9 +7,9 @@ from typing import Any
 
 import jax
 
-from ppl._choice_map import Address, as_address
+from ppl._choice_map import Address, as_address, format_address
 from ppl._gen import GenerativeFunction
-from ppl._handlers import Handler, current, run_block
+from ppl._handlers import Handler, check_context, current, run_block
 
 
 class VmapGenerativeFunction(GenerativeFunction):
@@ -113,6 +113,9 @@ def scan(
     handler = current()
     if handler is None:
         return jax.lax.scan(f, init, xs, length=length)
+    check_context(
+        handler, "ppl.scan" if addr is None else f"ppl.scan at '{format_address(as_address(addr))}'"
+    )
     if length is None:
         leaves = jax.tree_util.tree_leaves(xs)
         if not leaves:

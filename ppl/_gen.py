@@ -10,9 +10,8 @@ from typing import Any
 import jax
 
 from ppl._choice_map import Address, ChoiceMap, as_address, flatten, unflatten
-from ppl._compat import trace_state
 from ppl._distributions import as_distribution
-from ppl._handlers import Handler, current
+from ppl._handlers import Handler, check_context, current
 from ppl._interpreter import Interpreter
 
 
@@ -117,14 +116,7 @@ def sample(addr: str | Address, d: Any, *args: Any) -> Any:
             f"ppl.sample('{'/'.join(address)}', ...) was called outside a program: call it "
             "inside a @ppl.gen function or an @expectation objective"
         )
-    if trace_state() != handler.trace:
-        raise RuntimeError(
-            f"ppl.sample('{'/'.join(address)}', ...) runs inside a JAX transformation opened within "
-            "the program (jax.lax.cond/switch/while_loop/fori_loop, jax.vmap, jax.jit, jax.checkpoint, ...): "
-            "its value and log density would leak out of it. Sample outside it: ppl.vmap for independent "
-            "copies, ppl.scan for loops; for branches, sample what every branch needs first and select "
-            "with jnp.where"
-        )
+    check_context(handler, f"ppl.sample('{'/'.join(address)}', ...)")
     if isinstance(d, GenerativeFunction):
         return d.invoke(handler, address, args)
     if args:

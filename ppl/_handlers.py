@@ -153,6 +153,17 @@ class Handler(abc.ABC):
         return run_block("ppl.scan", addr, length, scan_body(f, init, xs, length))
 
 
+def check_context(handler: Handler, what: str) -> None:
+    """Sites and blocks must run in the transformation context their handler was entered in."""
+    if trace_state() != handler.trace:
+        raise RuntimeError(
+            f"{what} runs inside a JAX transformation opened within the program (jax.lax.cond/switch/"
+            "while_loop/fori_loop, jax.vmap, jax.jit, jax.checkpoint, ...): its values and log densities "
+            "would leak out of it. Sample outside it: ppl.vmap for independent copies, ppl.scan for "
+            "loops; for branches, sample what every branch needs first and select with jnp.where"
+        )
+
+
 def check_leading_axis(role: str, base: Address, values: dict[Address, Any], size: int) -> None:
     """Values given for a block's sites must have the block's size as leading axis."""
     for a, v in values.items():

@@ -48,13 +48,15 @@ class Plan:
     program: str = "the program"
     role: str = "the value given to the marginal"
     #: Filled while tracing: per summed-out address, ``(block axes, support size, value shape, dtype)``.
-    found: dict[Address, tuple[tuple[int, ...], Any]] | None = dataclasses.field(default=None, compare=False)
+    found: dict[Address, tuple[tuple[int, ...], int, tuple[int, ...], Any]] | None = dataclasses.field(
+        default=None, compare=False
+    )
 
     def combine(self, scores: jax.Array, axis: int = 0, key: jax.Array | None = None) -> jax.Array:
         """Sum (log-sum-exp), max, or with ``reduce="sample"`` log-sum-exp whose derivative is a
         one-hot sample of the reduced axis ∝ ``exp(scores)`` (Gumbel-max with ``key``)."""
-        if self.reduce == "max":
-            return jnp.max(scores, axis=axis)
+        if self.reduce == "max":  # its derivative picks one maximizer (the first), never an average
+            return _first_max(jnp.moveaxis(scores, axis, -1))
         if self.reduce == "sample":
             if key is None:
                 raise ValueError("elimination with reduce='sample' needs a key")
@@ -85,6 +87,25 @@ def _sampled_backward(residuals: Any, g: jax.Array) -> tuple[jax.Array, jax.Arra
 
 
 _sampled_logsumexp.defvjp(_sampled_forward, _sampled_backward)
+
+
+@jax.custom_vjp
+def _first_max(scores: jax.Array) -> jax.Array:
+    """``max(scores, -1)``; its VJP routes the cotangent to the first maximizer only, so that the
+    derivative of a max-product elimination is one MAP assignment (Viterbi's backtracking) even on ties."""
+    return jnp.max(scores, axis=-1)
+
+
+def _first_max_forward(scores: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return jnp.max(scores, axis=-1), scores
+
+
+def _first_max_backward(scores: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+    pick = jax.nn.one_hot(jnp.argmax(scores, axis=-1), scores.shape[-1], dtype=scores.dtype)
+    return (g[..., None] * pick,)
+
+
+_first_max.defvjp(_first_max_forward, _first_max_backward)
 #: fold_in data for the key of an element's or step's own sampled reduction.
 _COMBINE = 0x7FFFFFFF
 
@@ -112,7 +133,7 @@ class SummedOut:
         raise ValueError(self._message)
 
     def __repr__(self) -> str:
-        return "<summed out>"
+        return f"<summed out: {self._message}>"
 
     __array__ = __bool__ = __float__ = __int__ = __index__ = __len__ = __iter__ = _fail
     __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __rtruediv__ = _fail
@@ -299,6 +320,12 @@ def solve(
         stacked = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], stacked)
         return Table(handler.score[None], stacked, shared, frozenset(), ())
     where = handler.base + unset.address
+    if isinstance(unset.dist, nd.Independent):
+        raise ValueError(
+            f"{plan.program}: address '{format_address(where)}' ({name(unset.dist)}): a discrete site with "
+            "event dimensions cannot be summed out; sample its elements in a ppl.vmap plate (or without "
+            "to_event), or keep it"
+        )
     values = joint_support(where, unset.dist) if _finite(unset.dist) else _refuse(plan, where, unset.dist)
     n = values.shape[0]
     if plan.found is not None:
@@ -400,15 +427,40 @@ def forward(
             split=lambda out: out,
         )
 
+    init = jax.tree_util.tree_map(jnp.asarray, init)  # what lax.scan hands its step
+    for leaf in jax.tree_util.tree_leaves(xs):
+        if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] != length:
+            raise ValueError(f"{where}: length is {length}, but xs has a leaf of shape {jnp.shape(leaf)}")
     first = jax.tree_util.tree_map(lambda v: v[0], (inputs, xs))
     table = step_table(init, first[1], first[0])
+    _check_carry(where, init, jax.tree_util.tree_map(lambda v: v[0], table.stacked))
     carries = jax.tree_util.tree_map(_strong, table.stacked)
     y_tree = jax.tree_util.tree_structure(table.shared)
     first_ys = jax.tree_util.tree_leaves(table.shared)
     dependent, sites = set(table.dependent), table.sites
     log_alpha = table.scores
     ys_rest: list[Any] = [x[None] for x in first_ys]
-    if length > 1:
+    if length > 1 and log_alpha.shape[0] == 1:
+        # No summed-out values in the steps: nothing to eliminate along the chain, and the carry
+        # may depend on the previous one freely (a counter, a running sum).
+        def plain(carry: Any, packed: Any) -> Any:
+            step_inputs, x = packed
+            table = step_table(carry, x, step_inputs)
+            leaves = [
+                _zero(v) if k in table.dependent else v
+                for k, v in enumerate(jax.tree_util.tree_leaves(table.shared))
+            ]
+            dependent.update(table.dependent)
+            new = jax.tree_util.tree_map(lambda v: _strong(v[0]).astype(jnp.result_type(v)), table.stacked)
+            return new, (table.scores[0], leaves)
+
+        rest = jax.tree_util.tree_map(lambda v: v[1:], (inputs, xs))
+        carry0 = jax.tree_util.tree_map(lambda v: _strong(v[0]), carries)
+        last, (scores, ys) = jax.lax.scan(plain, carry0, rest, length=length - 1)
+        carries = jax.tree_util.tree_map(lambda v: v[None], last)
+        log_alpha = log_alpha + jnp.sum(scores)
+        ys_rest = [jnp.concatenate([a, jnp.asarray(b, a.dtype)]) for a, b in zip(ys_rest, ys)]
+    elif length > 1:
         box: list[Table] = []
 
         def from_state(carry: Any, x: Any, step_inputs: Any) -> tuple[Any, Any, list[Any]]:
@@ -476,6 +528,17 @@ def forward(
         count = len(jax.tree_util.tree_leaves(carries))
         carry = _placeholders(carries, frozenset(range(count)), f"the final carry of {where}", sites)
     return carry, ys, total
+
+
+def _check_carry(where: str, init: Any, carry: Any) -> None:
+    """The step's carry must have ``init``'s structure, shapes and dtypes (as ``lax.scan`` requires)."""
+    same = jax.tree_util.tree_structure(init) == jax.tree_util.tree_structure(carry) and all(
+        jnp.shape(a) == jnp.shape(b) and jnp.result_type(a) == jnp.result_type(b)
+        for a, b in zip(jax.tree_util.tree_leaves(init), jax.tree_util.tree_leaves(carry))
+    )
+    if not same:
+        shown = jax.tree_util.tree_map(lambda v: f"{jnp.result_type(v)}{list(jnp.shape(v))}", (init, carry))
+        raise TypeError(f"{where}: the step's carry {shown[1]} does not match the initial carry {shown[0]}")
 
 
 def _step(f: Callable[[Any, Any], tuple[Any, Any]], carry: Any, x: Any, where: str) -> tuple[Any, Any]:
@@ -562,7 +625,8 @@ def eliminate(
         return total
     message = _checks.escape(
         f"{plan.program}: the log marginal is NaN: a distribution's parameter or a given value failed "
-        "its check (call it outside jax.jit for the address, the distribution and the value)"
+        "its check, or the model computed a NaN (call it eagerly, outside jax.jit/grad/vmap, for the "
+        "address, the distribution and the value)"
     )
     return _checks.poison(total, _checks.require(~jnp.isnan(total), message))
 

@@ -35,7 +35,7 @@ class Exact:
     max_states: int = 65536
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_states, int) or self.max_states < 1:
+        if isinstance(self.max_states, bool) or not isinstance(self.max_states, int) or self.max_states < 1:
             raise ValueError(f"exact: max_states must be a positive int, got {self.max_states!r}")
 
 
@@ -58,6 +58,9 @@ class ExactMarginal(_EstimatedDensity):
     ``density`` and ``generate`` use the exact density; ``sim`` draws every site of ``g`` by
     its strategy (the kept choices are then a draw from the marginal).
     """
+
+    #: Its density is exact (objectives that re-evaluate a guide's or model's density accept it).
+    exact_density = True
 
     def __init__(self, g: GenerativeFunction, keep: tuple[Address, ...], inference: Exact):
         self.g, self.keep, self.inference = g, keep, inference
@@ -126,7 +129,9 @@ class DiscretePosterior:
         log_marginal: ``log Σ_z p(choices, z; args)``.
         marginals: per summed-out site, ``p(z = v_j | choices)`` for each value ``v_j`` of its
             support, in the order of ``enumerate_support`` (last axis; leading axes: the
-            enclosing plates and scan steps, outermost first).
+            enclosing plates and scan steps, outermost first). A site with a batch shape of its
+            own has one entry per *joint* value of its elements (their supports' Cartesian
+            product, last element fastest); ``mean`` is per element.
         mean: per site, the posterior mean ``E[z | choices]``.
         map: per site, its value in the jointly most probable assignment (Viterbi along scans).
         map_log_density: ``max_z log p(choices, z; args)``.

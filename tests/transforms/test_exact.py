@@ -662,3 +662,106 @@ def test_infer_discrete_draws_joint_posterior_samples() -> None:
     latents = {"rows/z": ((2,), 2), "rows/cols/w": ((2, 2), 3)}
     assert joint_frequencies_fit(draw(keys), two_rows, {"rows/cols/y": y}, latents, *args) > 1e-3
     assert T.infer_discrete(two_rows, {"rows": {"cols": {"y": y}}}, *args).sample is None
+
+
+@ppl.gen
+def autoregressive(A, m, ys):
+    def step(carry, y):
+        z_prev, y_prev = carry
+        z = ppl.sample("z", dist.Categorical(probs=A[z_prev]))
+        y = ppl.sample("y", dist.Normal(m[z] + 0.5 * y_prev, 1.0))
+        return (z, y), None
+
+    ppl.scan(step, (0, 0.0), ys, addr="t")
+
+
+def test_a_carry_that_changes_along_the_chain_is_eliminated_step_by_step() -> None:
+    """An autoregressive HMM carries the previous observation: the carry table changes with each
+    step's inputs, so the chain takes the sequential path; equal to brute force."""
+    ys = jnp.array([0.4, -1.3, 0.8, 1.6, -0.2])
+    given = {"t/y": ys}
+
+    def ours(A, m):
+        return exact_log_marginal(autoregressive, ["t/y"], given, A, m, ys)
+
+    def truth(A, m):
+        return brute_force(autoregressive, given, {"t/z": ((5,), 2)}, A, m, ys)
+
+    assert_close(jax.jit(ours)(A, M), jax.jit(truth)(A, M))
+    assert_close(jax.jit(jax.grad(ours, (0, 1)))(A, M), jax.jit(jax.grad(truth, (0, 1)))(A, M))
+
+
+def test_a_chain_without_summed_out_sites_may_carry_anything() -> None:
+    """A counter in the carry is fine when the steps sum nothing out (a global site before them
+    is summed out per value); python-int initial carries are arrays, as lax.scan hands them."""
+
+    @ppl.gen
+    def counted(ys):
+        c = ppl.sample("c", dist.Bernoulli(0.3))
+
+        def step(count, y):
+            ppl.sample("y", dist.Normal(c + 0.1 * count.astype(float), 1.0))
+            return count + 1, None
+
+        ppl.scan(step, 0, ys, addr="t")
+
+    ys = jnp.array([0.2, 1.1, 0.7])
+    ours = exact_log_marginal(counted, ["t/y"], {"t/y": ys}, ys)
+    assert_close(ours, brute_force(counted, {"t/y": ys}, {"c": ((), 2)}, ys))
+
+
+def test_map_on_ties_is_one_maximizer() -> None:
+    @ppl.gen
+    def tied():
+        ppl.sample("z", dist.Categorical(probs=jnp.array([0.45, 0.1, 0.45])))
+        ppl.sample("x", dist.Normal(0.0, 1.0))
+
+    post = T.infer_discrete(tied, {"x": 0.0})
+    assert int(post.map["z"]) in (0, 2)
+
+
+def test_a_to_event_discrete_site_is_refused_with_advice() -> None:
+    @ppl.gen
+    def flips():
+        ppl.sample("b", dist.Bernoulli(0.5 * jnp.ones(3)).to_event(1))
+        ppl.sample("x", dist.Normal(0.0, 1.0))
+
+    marg = T.marginal(flips, keep=["x"], inference=T.exact())
+    with pytest.raises(
+        ValueError, match=r"address 'b' \(Bernoulli.*to_event\(1\)\): a discrete site with event"
+    ):
+        marg.assess({"x": 0.0})
+
+
+def test_a_scan_inside_a_raw_vmap_is_refused() -> None:
+    @ppl.gen
+    def walks(xs):
+        def step(z, x):
+            return ppl.sample("z", dist.Normal(z + x, 1.0)), None
+
+        return jax.vmap(lambda x: ppl.scan(step, 0.0, x, addr="s")[0])(xs)
+
+    with pytest.raises(RuntimeError, match=r"ppl.scan at 's' runs inside a JAX transformation"):
+        walks.simulate(jax.random.key(0), jnp.zeros((2, 3)))
+
+
+@ppl.gen
+def location(params):
+    ppl.sample("x", dist.Normal(params, 1.0))
+
+
+def test_an_exact_marginal_is_an_exact_density_guide() -> None:
+    """Objectives that re-evaluate the guide's density (STL) accept an exact marginal as the guide;
+    the value is the ELBO's at the same key (STL changes the gradient only)."""
+
+    @ppl.gen
+    def bimodal(params):
+        z = ppl.sample("z", dist.Bernoulli(0.4))
+        ppl.sample("x", dist.Normal(2.0 * z - 1.0 + params, 0.7))
+
+    guide = T.marginal(bimodal, keep=["x"], inference=T.exact())
+    strategies = {"z": T.reinforce()}
+    stl = T.elbo_stl(location, guide).estimator(strategies=strategies)
+    plain = T.elbo(location, guide).estimator(strategies=strategies)
+    key = jax.random.key(4)
+    assert_close(stl.value_and_grad(key, 0.2, {})[0], plain.value_and_grad(key, 0.2, {})[0])

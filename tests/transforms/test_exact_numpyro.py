@@ -8,7 +8,7 @@ with an empty guide it is −log p(observations), with an enumerated discrete gu
 Our value must equal it, and its gradient NumPyro's, to 1e-6 (max abs) at float64, and the value
 must equal brute force (the model's own ``assess`` summed over every joint assignment) where small.
 
-Only NumPyro's correct routes are references (see shared/references/enumeration.md): plate
+Only NumPyro's correct routes are references (docs/enumeration.md shows the faulty one): plate
 enumeration, and HMMs written as a Python loop under ``numpyro.contrib.funsor.markov``; never
 ``TraceEnum_ELBO`` over ``numpyro.contrib.control_flow.scan``, which is wrong at every T >= 2.
 """
@@ -938,10 +938,10 @@ def np_t5_scan(params):
 def test_the_t5_hmm_where_numpyro_trace_enum_elbo_over_scan_is_wrong() -> None:
     """The T = 5, two-state chain of test_exact.py (start state 0, stay with probability 0.9/0.8,
     N(∓1, 1) emissions): its exact log likelihood is −7.2652. NumPyro's TraceEnum_ELBO over
-    ``contrib.control_flow.scan`` gives −12.0847 on it (numpyro 0.22, funsor 0.4.8; the fault in
-    shared/references/enumeration.md, so not a reference and not run here); NumPyro's Python loop
-    under markov, ``contrib.funsor.log_density`` over the same scan form (the MCMC path), brute
-    force and ours agree."""
+    ``contrib.control_flow.scan`` gives −12.0847 on it (numpyro 0.22, funsor 0.4.8: its dependency
+    map misses the unrolled first step and it has no Markov elimination, so not a reference and not
+    run here); NumPyro's Python loop under markov, ``contrib.funsor.log_density`` over the same
+    scan form (the MCMC path), brute force and ours agree."""
     value = check_hmm(
         "t5 hmm",
         lambda p: p["transition_probs"][0],

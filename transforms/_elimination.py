@@ -7,10 +7,12 @@ the program with the summed-out sites set to each of their values, vectorized wi
 * at the top level, and inside one element of a ``ppl.vmap`` plate, the rest of the element is
   re-run for each value of its next unset site (depth first: several sites in one element cost the
   product of their supports; elements are independent, so a plate costs its size times that);
-* along a ``ppl.scan`` each step runs for every pair (previous state, current values), and the
-  states are eliminated by the forward algorithm in log space: ``α_t(k) = log Σ_j exp(α_{t−1}(j) +
-  ℓ_t(j, k))``, cost ``T·K²``. The carry is the state: it must depend on the previous step only
-  through the current step's summed-out values (a Markov chain in them).
+* along a ``ppl.scan`` (:mod:`ppl.transforms._chains`) each step runs for every pair (previous
+  state, current values), and the states are eliminated by the backward recursion in log space,
+  ``β_{t−1}(j) = log Σ_k exp(ℓ_t(j, k) + β_t(k))``, cost ``T·K²``. The carry is the state: it must
+  depend on the previous step only through the step's summed-out values (a Markov chain in them).
+
+The reductions (sum, max, sample) are :mod:`ppl.transforms._semirings`'.
 
 This is tensor variable elimination (Obermeyer et al., 2019) for programs whose summed-out values
 stay inside their plate element or scan step. A value that leaves them (returned from a plate's
@@ -27,6 +29,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpyro.distributions as nd
+from ppl.transforms._semirings import Plan, combine_key
 
 from ppl import _checks
 from ppl._choice_map import Address, format_address, listing, subtree, suggest
@@ -36,82 +39,6 @@ from ppl._handlers import Handler, check_leading_axis, discover_addresses, scan_
 from ppl._interpreter import Interpreter
 
 __all__ = ["Plan", "SummedOut", "eliminate"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """What one elimination shares: ``reduce`` (``"sum"``: log-sum-exp, ``"max"``: max-product),
-    the bound on joint values per element, the program's name and the role of given values."""
-
-    reduce: str = "sum"
-    max_states: int = 65536
-    program: str = "the program"
-    role: str = "the value given to the marginal"
-    #: Filled while tracing: per summed-out address, ``(block axes, support size, value shape, dtype)``.
-    found: dict[Address, tuple[tuple[int, ...], int, tuple[int, ...], Any]] | None = dataclasses.field(
-        default=None, compare=False
-    )
-
-    def combine(self, scores: jax.Array, axis: int = 0, key: jax.Array | None = None) -> jax.Array:
-        """Sum (log-sum-exp), max, or with ``reduce="sample"`` log-sum-exp whose derivative is a
-        one-hot sample of the reduced axis ∝ ``exp(scores)`` (Gumbel-max with ``key``)."""
-        if self.reduce == "max":  # its derivative picks one maximizer (the first), never an average
-            return _first_max(jnp.moveaxis(scores, axis, -1))
-        if self.reduce == "sample":
-            if key is None:
-                raise ValueError("elimination with reduce='sample' needs a key")
-            scores = jnp.moveaxis(scores, axis, -1)
-            return _sampled_logsumexp(scores, jax.random.gumbel(key, scores.shape[-1:], scores.dtype))
-        return jax.nn.logsumexp(scores, axis=axis)
-
-
-@jax.custom_vjp
-def _sampled_logsumexp(scores: jax.Array, noise: jax.Array) -> jax.Array:
-    """``logsumexp(scores, -1)``; its VJP routes the cotangent to one entry, ``argmax(scores + noise)``.
-
-    Back-propagated through an elimination, cotangents reach exactly the values of one joint draw
-    from the posterior (ancestral sampling in reverse elimination order: forward filtering, backward
-    sampling along chains), when ``noise`` is standard Gumbel.
-    """
-    return jax.nn.logsumexp(scores, axis=-1)
-
-
-def _sampled_forward(scores: jax.Array, noise: jax.Array) -> tuple[jax.Array, Any]:
-    return jax.nn.logsumexp(scores, axis=-1), (scores, noise)
-
-
-def _sampled_backward(residuals: Any, g: jax.Array) -> tuple[jax.Array, jax.Array]:
-    scores, noise = residuals
-    pick = jax.nn.one_hot(jnp.argmax(scores + noise, axis=-1), scores.shape[-1], dtype=scores.dtype)
-    return g[..., None] * pick, jnp.zeros_like(noise)
-
-
-_sampled_logsumexp.defvjp(_sampled_forward, _sampled_backward)
-
-
-@jax.custom_vjp
-def _first_max(scores: jax.Array) -> jax.Array:
-    """``max(scores, -1)``; its VJP routes the cotangent to the first maximizer only, so that the
-    derivative of a max-product elimination is one MAP assignment (Viterbi's backtracking) even on ties."""
-    return jnp.max(scores, axis=-1)
-
-
-def _first_max_forward(scores: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return jnp.max(scores, axis=-1), scores
-
-
-def _first_max_backward(scores: jax.Array, g: jax.Array) -> tuple[jax.Array]:
-    pick = jax.nn.one_hot(jnp.argmax(scores, axis=-1), scores.shape[-1], dtype=scores.dtype)
-    return (g[..., None] * pick,)
-
-
-_first_max.defvjp(_first_max_forward, _first_max_backward)
-#: fold_in data for the key of an element's or step's own sampled reduction.
-_COMBINE = 0x7FFFFFFF
-
-
-def _combine_key(key: jax.Array | None) -> jax.Array | None:
-    return None if key is None else jax.random.fold_in(key, _COMBINE)
 
 
 class SummedOut:
@@ -249,7 +176,7 @@ class Eliminator(Handler):
         table = solve(
             self.plan, lambda subst: Eliminator(self.plan, given, tilts, subst, base, axes, key), thunk
         )
-        total = self.plan.combine(table.scores, key=_combine_key(key))
+        total = self.plan.combine(table.scores, key=combine_key(key))
         return table.shared, total, (base, table.dependent, table.sites)
 
     def absorb(self, base: Address, kind: str, arrays: Any, static: Any) -> None:
@@ -267,6 +194,8 @@ class Eliminator(Handler):
 
         def own() -> set[Address] | None:
             return None if addr else discover_addresses(self, scan_body(f, init, xs, length), length)
+
+        from ppl.transforms._chains import forward  # the chain recursion builds on this module
 
         inputs = self.block_inputs(prefix, length, own)
         carry, ys, total = forward(self.plan, self._block_base, self._block_axes, f, init, xs, inputs, length)
@@ -398,156 +327,6 @@ def _map(
     return (*run([0 if k in batched else None for k in range(count)]), batched)
 
 
-def forward(
-    plan: Plan,
-    base: Address,
-    axes: tuple[int, ...],
-    f: Callable[[Any, Any], tuple[Any, Any]],
-    init: Any,
-    xs: Any,
-    inputs: tuple[dict, dict, Any],
-    length: int,
-) -> tuple[Any, Any, jax.Array]:
-    """Elimination along a ``ppl.scan``: ``(final carry, ys, log Σ over every step's values)``.
-
-    Step 0 runs from ``init``; every later step from each row of the previous step's carry table,
-    giving factors ``ℓ_t(j, k)``, summed by the backward recursion (so that the cost of values
-    summed out before the scan, on which ``init`` depends, does not multiply the chain's).
-    """
-    if length == 0:
-        raise ValueError(f"{plan.program}: ppl.scan at '{format_address(base) or '/'}' has length 0")
-    where = f"ppl.scan at '{format_address(base) or '/'}'"
-
-    def step_table(carry: Any, x: Any, step_inputs: tuple[dict, dict, Any]) -> Table:
-        given, tilts, key = step_inputs
-        return solve(
-            plan,
-            lambda subst: Eliminator(plan, given, tilts, subst, base, axes, key),
-            lambda: _step(f, carry, x, where),
-            split=lambda out: out,
-        )
-
-    init = jax.tree_util.tree_map(jnp.asarray, init)  # what lax.scan hands its step
-    for leaf in jax.tree_util.tree_leaves(xs):
-        if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] != length:
-            raise ValueError(f"{where}: length is {length}, but xs has a leaf of shape {jnp.shape(leaf)}")
-    first = jax.tree_util.tree_map(lambda v: v[0], (inputs, xs))
-    table = step_table(init, first[1], first[0])
-    _check_carry(where, init, jax.tree_util.tree_map(lambda v: v[0], table.stacked))
-    carries = jax.tree_util.tree_map(_strong, table.stacked)
-    y_tree = jax.tree_util.tree_structure(table.shared)
-    first_ys = jax.tree_util.tree_leaves(table.shared)
-    dependent, sites = set(table.dependent), table.sites
-    log_alpha = table.scores
-    ys_rest: list[Any] = [x[None] for x in first_ys]
-    if length > 1 and log_alpha.shape[0] == 1:
-        # No summed-out values in the steps: nothing to eliminate along the chain, and the carry
-        # may depend on the previous one freely (a counter, a running sum).
-        def plain(carry: Any, packed: Any) -> Any:
-            step_inputs, x = packed
-            table = step_table(carry, x, step_inputs)
-            leaves = [
-                _zero(v) if k in table.dependent else v
-                for k, v in enumerate(jax.tree_util.tree_leaves(table.shared))
-            ]
-            dependent.update(table.dependent)
-            new = jax.tree_util.tree_map(lambda v: _strong(v[0]).astype(jnp.result_type(v)), table.stacked)
-            return new, (table.scores[0], leaves)
-
-        rest = jax.tree_util.tree_map(lambda v: v[1:], (inputs, xs))
-        carry0 = jax.tree_util.tree_map(lambda v: _strong(v[0]), carries)
-        last, (scores, ys) = jax.lax.scan(plain, carry0, rest, length=length - 1)
-        carries = jax.tree_util.tree_map(lambda v: v[None], last)
-        log_alpha = log_alpha + jnp.sum(scores)
-        ys_rest = [jnp.concatenate([a, jnp.asarray(b, a.dtype)]) for a, b in zip(ys_rest, ys)]
-    elif length > 1:
-        box: list[Table] = []
-
-        def from_state(carry: Any, x: Any, step_inputs: Any) -> tuple[Any, Any, list[Any]]:
-            table = step_table(carry, x, step_inputs)
-            box.append(table)
-            leaves = jax.tree_util.tree_leaves(table.shared)
-            leaves = [_zero(v) if k in table.dependent else v for k, v in enumerate(leaves)]
-            return table.scores, jax.tree_util.tree_map(_strong, table.stacked), leaves
-
-        def coupled() -> None:
-            raise ValueError(
-                f"{plan.program}: {where}: the carry after a step depends on the previous step's "
-                f"carry beyond the values of this step's summed-out sites ({listing(box[-1].sites)}): "
-                "the forward algorithm needs the carry to be a function of the current step's "
-                "summed-out values (a Markov chain in them); carry only those values, or keep the sites"
-            )
-
-        def transition(carries: Any, step_inputs: Any, x: Any) -> tuple[Any, Any, list[Any]]:
-            """One step from every previous state: log factors ``(n_prev, n)``, the new carry table."""
-            scores, new_carries, leaves, batched = _map(
-                from_state, (carries, x, step_inputs), (0, None, None), None, coupled
-            )
-            dependent.update(box[-1].dependent | batched)
-            return scores, new_carries, [_zero(v[0]) if k in batched else v for k, v in enumerate(leaves)]
-
-        rest = jax.tree_util.tree_map(lambda v: v[1:], (inputs, xs))
-        tables = jax.tree_util.tree_map(lambda v: jnp.broadcast_to(v, (length - 1, *v.shape)), carries)
-        try:
-            # Fast path: the carry table is a function of the step's summed-out values only (not of
-            # the carry it came from, nor of the step's inputs), so it is the same at every step:
-            # every step's factors in one vectorized pass. Checked abstractly with the table mapped
-            # along the steps, then run with it shared (work that depends on it only is not repeated).
-            jax.eval_shape(jax.vmap(transition, out_axes=(0, None, 0)), tables, *rest)
-            factors, carries, ys = jax.vmap(transition, in_axes=(None, 0, 0), out_axes=(0, None, 0))(
-                carries, *rest
-            )
-        except ValueError as err:
-            if "out_axes" not in str(err):
-                raise
-
-            def step(carries: Any, packed: Any) -> Any:  # the table changes along the chain
-                factors, carries, leaves = transition(carries, *packed)
-                return carries, (factors, leaves)
-
-            carries, (factors, ys) = jax.lax.scan(step, carries, rest, length=length - 1)
-        # The backward recursion β_{t−1}(j) = log Σ_k exp(ℓ_t(j, k) + β_t(k)): values summed out
-        # before the scan (its initial carry) enter through the first step only.
-        step_keys = None if inputs[2] is None else inputs[2][1:]
-
-        def backward(b: jax.Array, packed: Any) -> tuple[jax.Array, None]:
-            f, key = packed
-            return plan.combine(f + b[None, :], axis=1, key=_combine_key(key)), None
-
-        beta = jax.lax.scan(backward, jnp.zeros_like(log_alpha), (factors, step_keys), reverse=True)[0]
-        log_alpha = log_alpha + beta
-        ys_rest = [jnp.concatenate([a, jnp.asarray(b, a.dtype)]) for a, b in zip(ys_rest, ys)]
-    total = plan.combine(log_alpha, key=None if inputs[2] is None else _combine_key(inputs[2][0]))
-    ys = _placeholders(
-        jax.tree_util.tree_unflatten(y_tree, ys_rest), frozenset(dependent), f"the outputs of {where}", sites
-    )
-    n = log_alpha.shape[0]
-    if n == 1:
-        carry = jax.tree_util.tree_map(lambda v: v[0], carries)
-    else:
-        count = len(jax.tree_util.tree_leaves(carries))
-        carry = _placeholders(carries, frozenset(range(count)), f"the final carry of {where}", sites)
-    return carry, ys, total
-
-
-def _check_carry(where: str, init: Any, carry: Any) -> None:
-    """The step's carry must have ``init``'s structure, shapes and dtypes (as ``lax.scan`` requires)."""
-    same = jax.tree_util.tree_structure(init) == jax.tree_util.tree_structure(carry) and all(
-        jnp.shape(a) == jnp.shape(b) and jnp.result_type(a) == jnp.result_type(b)
-        for a, b in zip(jax.tree_util.tree_leaves(init), jax.tree_util.tree_leaves(carry))
-    )
-    if not same:
-        shown = jax.tree_util.tree_map(lambda v: f"{jnp.result_type(v)}{list(jnp.shape(v))}", (init, carry))
-        raise TypeError(f"{where}: the step's carry {shown[1]} does not match the initial carry {shown[0]}")
-
-
-def _step(f: Callable[[Any, Any], tuple[Any, Any]], carry: Any, x: Any, where: str) -> tuple[Any, Any]:
-    out = f(carry, x)
-    if not (isinstance(out, tuple) and len(out) == 2):
-        raise TypeError(f"{where}: the step function must return (carry, y), got {type(out).__name__}")
-    return out
-
-
 def _strong(x: Any) -> jax.Array:
     """``x`` as an array of its own dtype, not weakly typed (scan carries must match exactly)."""
     x = jnp.asarray(x)
@@ -606,7 +385,7 @@ def eliminate(
             lambda subst: Eliminator(plan, given, tilts or {}, subst, key=key),
             lambda: g.invoke(_current(), (), args),
         )
-        return plan.combine(table.scores, key=_combine_key(key))
+        return plan.combine(table.scores, key=combine_key(key))
 
     if _checks._current() is not None:  # inside an estimator: its own protocol
         return run()

@@ -17,10 +17,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from ppl.transforms._elimination import Plan, eliminate
+from ppl.transforms._elimination import eliminate
 from ppl.transforms._expectation import _check_gen, _run_frame
 from ppl.transforms._marginal import _EstimatedDensity
 from ppl.transforms._scope import EstimatorHandler
+from ppl.transforms._semirings import Plan
 
 from ppl._choice_map import Address, ChoiceMap, flatten, format_address, unflatten
 from ppl._gen import GenerativeFunction, Trace

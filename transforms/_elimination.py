@@ -12,7 +12,7 @@ the program with the summed-out sites set to each of their values, vectorized wi
   ``β_{t−1}(j) = log Σ_k exp(ℓ_t(j, k) + β_t(k))``, cost ``T·K²``. The carry is the state: it must
   depend on the previous step only through the step's summed-out values (a Markov chain in them).
 
-The reductions (sum, max, sample) are :mod:`ppl.transforms._semirings`'.
+The reductions (sum, max, sample) live in :mod:`ppl.transforms._semirings`.
 
 This is tensor variable elimination (Obermeyer et al., 2019) for programs whose summed-out values
 stay inside their plate element or scan step. A value that leaves them (returned from a plate's

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -53,7 +52,7 @@ import ppl
 from ppl import transforms as T
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from overhead import machine_info, max_diff
+from overhead import machine_info, max_diff, timed
 
 SYSTEMS = ("hand", "ours", "numpyro")
 SEQUENCES = 16
@@ -193,12 +192,6 @@ def numpyro_hmm(params: dict[str, jax.Array], ys: jax.Array) -> jax.Array:
 
 
 # -- timing --------------------------------------------------------------------------------
-
-
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn())
-    return time.perf_counter() - start, out
 
 
 def temp_bytes(fn: Callable[..., Any], *args: Any) -> int | None:

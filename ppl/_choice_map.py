@@ -114,3 +114,12 @@ def listing(addresses: Iterable[Address], limit: int = 8) -> str:
         return "none"
     shown = ", ".join(f"'{n}'" for n in names[:limit])
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def never_sampled(who: str, program: str, address: Address, sampled: Iterable[Address]) -> str:
+    """The message for a given address that a program never samples (with the ones it does)."""
+    sampled = list(sampled)
+    return (
+        f"{who}: the choice map has address '{format_address(address)}', which {program} never samples; "
+        f"it samples {listing(sampled)}{suggest(address, sampled)}"
+    )

@@ -7,7 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ppl._choice_map import Address, format_address, listing, subtree, suggest
+from ppl._choice_map import Address, format_address, listing, never_sampled, subtree, suggest
 from ppl._distributions import check_parameters, check_value, name, poison_sample, site_log_prob
 from ppl._handlers import Handler, check_leading_axis
 
@@ -110,8 +110,4 @@ class Interpreter(Handler):
         extra = sorted(set(self.constraints) - self.used - set(self.choices))
         if extra:
             sampled = [self.base + a for a in self.choices]
-            raise ValueError(
-                f"{self.role}: the choice map has address '{format_address(self.base + extra[0])}', "
-                f"which {self.program} never samples; it samples {listing(sampled)}"
-                f"{suggest(self.base + extra[0], sampled)}"
-            )
+            raise ValueError(never_sampled(self.role, self.program, self.base + extra[0], sampled))

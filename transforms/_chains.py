@@ -82,7 +82,7 @@ def forward(
         last, (scores, ys) = jax.lax.scan(plain, carry0, rest, length=length - 1)
         carries = jax.tree_util.tree_map(lambda v: v[None], last)
         log_alpha = log_alpha + jnp.sum(scores)
-        ys_rest = [jnp.concatenate([a, jnp.asarray(b, a.dtype)]) for a, b in zip(ys_rest, ys)]
+        ys_rest = _appended(ys_rest, ys)
     elif length > 1:
         box: list[Table] = []
 
@@ -139,7 +139,7 @@ def forward(
 
         beta = jax.lax.scan(backward, jnp.zeros_like(log_alpha), (factors, step_keys), reverse=True)[0]
         log_alpha = log_alpha + beta
-        ys_rest = [jnp.concatenate([a, jnp.asarray(b, a.dtype)]) for a, b in zip(ys_rest, ys)]
+        ys_rest = _appended(ys_rest, ys)
     total = plan.combine(log_alpha, key=None if inputs[2] is None else combine_key(inputs[2][0]))
     ys = _placeholders(
         jax.tree_util.tree_unflatten(y_tree, ys_rest), frozenset(dependent), f"the outputs of {where}", sites
@@ -151,6 +151,11 @@ def forward(
         count = len(jax.tree_util.tree_leaves(carries))
         carry = _placeholders(carries, frozenset(range(count)), f"the final carry of {where}", sites)
     return carry, ys, total
+
+
+def _appended(first: list[jax.Array], rest: list[Any]) -> list[jax.Array]:
+    """Step 0's outputs (leading axis 1) followed by the other steps' (stacked)."""
+    return [jnp.concatenate([a, jnp.asarray(b, a.dtype)]) for a, b in zip(first, rest)]
 
 
 def _check_carry(where: str, init: Any, carry: Any) -> None:

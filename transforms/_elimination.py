@@ -32,7 +32,7 @@ import numpyro.distributions as nd
 from ppl.transforms._semirings import Plan, combine_key
 
 from ppl import _checks
-from ppl._choice_map import Address, format_address, listing, subtree, suggest
+from ppl._choice_map import Address, format_address, listing, never_sampled, subtree
 from ppl._compat import is_traced
 from ppl._distributions import check_parameters, check_value, joint_support, name, site_log_prob
 from ppl._handlers import Handler, check_leading_axis, discover_addresses, scan_body
@@ -133,12 +133,8 @@ class Eliminator(Handler):
     def check_all_used(self) -> None:
         extra = sorted(set(self.given) - self.used)
         if extra:
-            where = [self.base + a for a in self.sampled]
-            raise ValueError(
-                f"{self.plan.program}: the choice map has address '{format_address(self.base + extra[0])}', "
-                f"which the program never samples; it samples {listing(where)}"
-                f"{suggest(self.base + extra[0], where)}"
-            )
+            sampled = [self.base + a for a in self.sampled]
+            raise ValueError(never_sampled(self.plan.program, "the program", self.base + extra[0], sampled))
 
     # -- blocks ------------------------------------------------------------------
     def block_inputs(self, base: Address, size: int, own: Any) -> Any:

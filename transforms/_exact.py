@@ -21,7 +21,7 @@ from ppl.transforms._elimination import eliminate
 from ppl.transforms._expectation import _check_gen, _run_frame
 from ppl.transforms._marginal import _EstimatedDensity
 from ppl.transforms._scope import EstimatorHandler
-from ppl.transforms._semirings import Plan
+from ppl.transforms._semirings import MAX_STATES, Plan
 
 from ppl._choice_map import Address, ChoiceMap, flatten, format_address, unflatten
 from ppl._gen import GenerativeFunction, Trace
@@ -33,14 +33,14 @@ __all__ = ["DiscretePosterior", "Exact", "ExactMarginal", "exact", "infer_discre
 class Exact:
     """Exact marginalization by variable elimination (see :func:`exact`)."""
 
-    max_states: int = 65536
+    max_states: int = MAX_STATES
 
     def __post_init__(self) -> None:
         if isinstance(self.max_states, bool) or not isinstance(self.max_states, int) or self.max_states < 1:
             raise ValueError(f"exact: max_states must be a positive int, got {self.max_states!r}")
 
 
-def exact(max_states: int = 65536) -> Exact:
+def exact(max_states: int = MAX_STATES) -> Exact:
     """Sum the discarded sites out exactly: ``marginal(model, keep, exact())``.
 
     Every site outside ``keep`` must have a finite support. Inside a ``ppl.vmap`` plate each
@@ -71,9 +71,6 @@ class ExactMarginal(_EstimatedDensity):
         kept = ", ".join(format_address(a) for a in self.keep)
         return f"<exact marginal of {self.g!r} over {kept}>"
 
-    def plan(self, reduce: str = "sum", found: dict | None = None) -> Plan:
-        return Plan(reduce, self.inference.max_states, repr(self), f"the value given to {self!r}", found)
-
     def kept(self, choices: ChoiceMap, what: str = "density") -> dict[Address, Any]:
         """The given choices, flattened, after checking they are exactly the kept addresses."""
         flat = flatten(choices)
@@ -89,7 +86,7 @@ class ExactMarginal(_EstimatedDensity):
         return flat
 
     def log_density(self, choices: ChoiceMap, args: tuple) -> jax.Array:
-        return eliminate(self.g, self.kept(choices), args, self.plan())
+        return eliminate(self.g, self.kept(choices), args, Plan("sum", self.inference.max_states, repr(self)))
 
     def assess(self, choices: ChoiceMap, *args: Any) -> tuple[jax.Array, Any]:
         """``(log Σ_z g(choices, z; args), None)``, exact."""
@@ -153,7 +150,7 @@ def infer_discrete(
     choices: ChoiceMap,
     *args: Any,
     key: jax.Array | None = None,
-    max_states: int = 65536,
+    max_states: int = MAX_STATES,
 ) -> Any:
     """Posterior marginals, means and MAP assignment of the sites of ``model`` that ``choices`` omits.
 
@@ -161,8 +158,8 @@ def infer_discrete(
     exp(Σ_s τ_s[j_s] + λ_s·z_s)`` (``j_s``: the index of ``z_s`` in its support), the marginal of
     site ``s`` at its ``j``-th value is ``∂ log Z / ∂ τ_s[j]`` and its mean ``∂ log Z / ∂ λ_s``
     at zero: one backward pass of the elimination (forward-backward along scans). With max in
-    place of the sum the derivative in ``λ`` is the MAP assignment (Viterbi's backtracking);
-    where several assignments tie for the maximum it averages them. With ``key``, the same
+    place of the sum the derivative in ``λ`` is the MAP assignment (Viterbi's backtracking; on ties
+    the max's derivative picks the first maximizer, so it is still one assignment). With ``key``, the same
     derivative through a log-sum-exp whose backward pass draws one index per reduction
     (Gumbel-max) is a joint posterior sample: backward sampling given the forward sums.
 
@@ -182,16 +179,14 @@ def infer_discrete(
     given = flatten(choices)
     program = f"infer_discrete of {model!r}"
     found: dict[Address, Any] = {}
-    probe = Plan("sum", max_states, program, f"the value given to {program}", found)
+    probe = Plan("sum", max_states, program, found)
     jax.eval_shape(lambda: eliminate(model, given, args, probe))
-    zero = jnp.zeros(())
     tilts = {
-        a: (jnp.zeros((*axes, n), zero.dtype), jnp.zeros((*axes, *shape), zero.dtype))
-        for a, (axes, n, shape, _) in found.items()
+        a: (jnp.zeros((*axes, n)), jnp.zeros((*axes, *shape))) for a, (axes, n, shape, _) in found.items()
     }
 
     def run(reduce: str, key: jax.Array | None = None) -> Any:
-        plan = Plan(reduce, max_states, program, f"the value given to {program}")
+        plan = Plan(reduce, max_states, program)
         return jax.value_and_grad(lambda t: eliminate(model, given, args, plan, t, key))(tilts)
 
     log_marginal, by_value = run("sum")

@@ -54,11 +54,14 @@ def _stop(tree: Any) -> Any:
     return stop_gradient(tree)
 
 
+def _estimated(g: GenerativeFunction) -> bool:
+    """Whether ``g``'s density is estimated with sample sites of the objective (SIR marginals, normalize)."""
+    return getattr(g, "density_in_objective", None) is not None and not getattr(g, "exact_density", False)
+
+
 def _check_exact_density(guide: GenerativeFunction, what: str) -> None:
     """STL, DReG and the per-particle objectives re-evaluate ``log q``: it must be exact."""
-    if getattr(guide, "density_in_objective", None) is not None and not getattr(
-        guide, "exact_density", False
-    ):
+    if _estimated(guide):
         raise ValueError(
             f"{what} needs the guide's exact log density, but {guide!r} has an estimated one "
             "(a marginal or normalize); use elbo or iwelbo with it"
@@ -102,7 +105,7 @@ def _assess_each(
     g: GenerativeFunction, choices: ChoiceMap, params: Any, args: tuple, extra: ChoiceMap = None
 ) -> jax.Array:
     """``log g(choices_k)`` for each stacked particle ``k`` (deterministic)."""
-    if getattr(g, "density_in_objective", None) is not None and not getattr(g, "exact_density", False):
+    if _estimated(g):
         raise ValueError(
             f"{g!r} has an estimated density, which draws sample sites of the objective: it cannot be "
             "evaluated particle by particle here; use elbo or iwelbo with it (or marginal(..., exact()))"

@@ -15,22 +15,29 @@ import jax.numpy as jnp
 
 from ppl._choice_map import Address
 
-__all__ = ["Plan", "combine_key"]
+__all__ = ["MAX_STATES", "Plan", "combine_key"]
+
+#: The default bound on the joint values summed over in one element (their supports multiplied).
+MAX_STATES = 65536
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """What one elimination shares: ``reduce`` (``"sum"``: log-sum-exp, ``"max"``: max-product),
-    the bound on joint values per element, the program's name and the role of given values."""
+    """What one elimination shares: ``reduce`` (``"sum"``: log-sum-exp, ``"max"``: max-product,
+    ``"sample"``), the bound on joint values per element and the program's name (for messages)."""
 
     reduce: str = "sum"
-    max_states: int = 65536
+    max_states: int = MAX_STATES
     program: str = "the program"
-    role: str = "the value given to the marginal"
     #: Filled while tracing: per summed-out address, ``(block axes, support size, value shape, dtype)``.
     found: dict[Address, tuple[tuple[int, ...], int, tuple[int, ...], Any]] | None = dataclasses.field(
         default=None, compare=False
     )
+
+    @property
+    def role(self) -> str:
+        """How messages call a given value."""
+        return f"the value given to {self.program}"
 
     def combine(self, scores: jax.Array, axis: int = 0, key: jax.Array | None = None) -> jax.Array:
         """Sum (log-sum-exp), max, or with ``reduce="sample"`` log-sum-exp whose derivative is a

@@ -26,26 +26,44 @@ def x64():
         yield
 
 
-def brute_force(model, given, latents, *args):
-    """log Σ over every joint assignment of ``latents`` ({address: (shape, support size)}) of assess."""
-    names = list(latents)
+def choice_map(flat):
+    """A nested choice map from {"a/b": value}."""
+    return unflatten({tuple(a.split("/")): v for a, v in flat.items()})
+
+
+def joint_scores(model, given, latents, *args):
+    """Every joint assignment of ``latents`` ({address: (shape, support size)}), one row each, and
+    the model's own ``assess`` of each (with ``given``): the brute-force reference."""
     sizes = [math.prod(shape) for shape, _ in latents.values()]
     ranges = [range(k) for (shape, k), n in zip(latents.values(), sizes) for _ in range(n)]
-    combos = jnp.array(list(itertools.product(*ranges)), dtype=jnp.int32)
+    combos = np.array(list(itertools.product(*ranges)))
 
     def one(combo):
         choices, start = dict(given), 0
-        for name, (shape, _), n in zip(names, latents.values(), sizes):
+        for name, (shape, _), n in zip(latents, latents.values(), sizes):
             choices[name] = combo[start : start + n].reshape(shape)
             start += n
-        return model.assess(unflatten({tuple(a.split("/")): v for a, v in choices.items()}), *args)[0]
+        return model.assess(choice_map(choices), *args)[0]
 
-    return jax.nn.logsumexp(jax.vmap(one)(combos))
+    return combos, jax.vmap(one)(jnp.asarray(combos, dtype=jnp.int32))
+
+
+def brute_force(model, given, latents, *args):
+    """log Σ over every joint assignment of ``latents`` of the model's density."""
+    return jax.nn.logsumexp(joint_scores(model, given, latents, *args)[1])
+
+
+def brute_posterior_probs(model, given, latents, *args):
+    """The assignments, their log densities and their posterior probabilities (NumPy)."""
+    combos, scores = joint_scores(model, given, latents, *args)
+    scores = np.asarray(scores)
+    probs = np.exp(scores - scores.max())
+    return combos, scores, probs / probs.sum()
 
 
 def exact_log_marginal(model, keep, given, *args):
     marg = T.marginal(model, keep=keep, inference=T.exact())
-    return marg.assess(unflatten({tuple(a.split("/")): v for a, v in given.items()}), *args)[0]
+    return marg.assess(choice_map(given), *args)[0]
 
 
 def assert_close(a, b, tol=1e-9):
@@ -457,23 +475,10 @@ def test_maximum_marginal_likelihood_of_a_chain_learns_its_emissions() -> None:
 
 def brute_posterior(model, given, latents, *args):
     """Posterior marginals and the MAP assignment, by enumerating every joint assignment."""
-    names = list(latents)
-    sizes = [math.prod(shape) for shape, _ in latents.values()]
-    ranges = [range(k) for (shape, k), n in zip(latents.values(), sizes) for _ in range(n)]
-    combos = np.array(list(itertools.product(*ranges)))
-
-    def one(combo):
-        choices, start = dict(given), 0
-        for name, (shape, _), n in zip(names, latents.values(), sizes):
-            choices[name] = combo[start : start + n].reshape(shape)
-            start += n
-        return model.assess(unflatten({tuple(a.split("/")): v for a, v in choices.items()}), *args)[0]
-
-    scores = np.asarray(jax.vmap(one)(jnp.asarray(combos)))
-    probs = np.exp(scores - scores.max())
-    probs /= probs.sum()
+    combos, scores, probs = brute_posterior_probs(model, given, latents, *args)
     marginals, best, start = {}, {}, 0
-    for name, (shape, k), n in zip(names, latents.values(), sizes):
+    for name, (shape, k) in latents.items():
+        n = math.prod(shape)
         cols = combos[:, start : start + n]
         marginals[name] = np.stack([(probs[:, None] * (cols == j)).sum(0) for j in range(k)], -1).reshape(
             (*shape, k)
@@ -617,24 +622,9 @@ def joint_frequencies_fit(samples, model, given, latents, *args):
     """Chi-square goodness of fit of joint draws ({address: (N, *shape)}) to the exact posterior."""
     from scipy.stats import chisquare
 
-    names = list(latents)
-    sizes = [math.prod(shape) for shape, _ in latents.values()]
-    ranges = [range(k) for (shape, k), n in zip(latents.values(), sizes) for _ in range(n)]
-    combos = np.array(list(itertools.product(*ranges)))
-
-    def one(combo):
-        choices, start = dict(given), 0
-        for name, (shape, _), n in zip(names, latents.values(), sizes):
-            choices[name] = combo[start : start + n].reshape(shape)
-            start += n
-        return model.assess(unflatten({tuple(a.split("/")): v for a, v in choices.items()}), *args)[0]
-
-    scores = np.asarray(jax.vmap(one)(jnp.asarray(combos)))
-    probs = np.exp(scores - scores.max())
-    probs /= probs.sum()
-    flat = np.concatenate(
-        [np.asarray(samples[name]).reshape(len(samples[names[0]]), -1) for name in names], 1
-    )
+    combos, _, probs = brute_posterior_probs(model, given, latents, *args)
+    count = len(samples[next(iter(latents))])
+    flat = np.concatenate([np.asarray(samples[name]).reshape(count, -1) for name in latents], 1)
     index = {tuple(c): i for i, c in enumerate(combos)}
     observed = np.bincount([index[tuple(row)] for row in flat], minlength=len(combos))
     return chisquare(observed, probs * observed.sum()).pvalue

@@ -7,7 +7,7 @@ the estimator machinery is :mod:`ppl.transforms`; applications are
 
 from ppl._checks import set_runtime_checks
 from ppl._choice_map import Address, ChoiceMap, as_address, flatten, merge, unflatten
-from ppl._combinators import VmapGenerativeFunction, scan, vmap
+from ppl._combinators import VmapGenerativeFunction, cond, scan, switch, vmap
 from ppl._gen import GenerativeFunction, Trace, gen, sample
 from ppl._tfp import TFPDistribution
 
@@ -19,12 +19,14 @@ __all__ = [
     "Trace",
     "VmapGenerativeFunction",
     "as_address",
+    "cond",
     "flatten",
     "gen",
     "merge",
     "sample",
     "scan",
     "set_runtime_checks",
+    "switch",
     "unflatten",
     "vmap",
 ]

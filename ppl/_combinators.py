@@ -1,4 +1,4 @@
-"""Combinators: independent copies (``vmap``) and time steps (``scan``)."""
+"""Combinators: independent copies (``vmap``), time steps (``scan``) and branches (``switch``, ``cond``)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from ppl._choice_map import Address, as_address, format_address
 from ppl._gen import GenerativeFunction
@@ -123,3 +124,144 @@ def scan(
         length = leaves[0].shape[0]
     prefix = () if addr is None else as_address(addr)
     return handler.run_scan(f, init, xs, length, prefix)
+
+
+def switch(
+    index: Any,
+    branches: Sequence[Callable[..., Any]],
+    *operands: Any,
+    addr: str | Address | None = None,
+) -> Any:
+    """Drop-in for ``jax.lax.switch`` whose branches may contain sample sites.
+
+    Branch ``j``'s sites live at ``addr/j/...`` (``j/...`` without ``addr``), so every branch
+    has its own addresses. All branches run, as ``jax.lax.switch`` does under ``jax.vmap``, and
+    the selected branch's output is returned (``index`` is clamped to the branches, as there);
+    a site of an unselected branch is drawn but is not part of the execution: its log density
+    counts 0 and the traced checks of its parameters and values do not apply. The trace holds a
+    value at every branch's addresses; ``assess`` needs them all and ignores the unselected ones.
+
+    ``index`` is typically a discrete sample site, and any strategy applies there: ``enum`` (each
+    value re-runs the rest with its branch selected), ``reinforce``, ``mvd``; an exact
+    :func:`ppl.transforms.marginal` sums it out with the branches' own discrete sites (a site of
+    an unselected branch contributes a factor 1: each of its ``n`` values weighs ``1/n``). The
+    branches must return the same tree of arrays (shapes and dtypes). Outside a program this is
+    plain ``jax.lax.switch``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, numpyro.distributions as dist, ppl
+        >>> @ppl.gen
+        ... def model():
+        ...     k = ppl.sample("k", dist.Categorical(jnp.array([0.2, 0.8])))
+        ...     loc = ppl.switch(
+        ...         k,
+        ...         [lambda: ppl.sample("a", dist.Normal(-1.0, 0.1)), lambda: jnp.asarray(3.0)],
+        ...         addr="which",
+        ...     )
+        ...     return ppl.sample("x", dist.Normal(loc, 1.0))
+        >>> sorted(ppl.flatten(model.simulate(jax.random.key(0)).choices))
+        [('k',), ('which', '0', 'a'), ('x',)]
+    """
+    branches = tuple(branches)
+    if not branches or not all(callable(b) for b in branches):
+        raise TypeError("ppl.switch: branches must be a non-empty sequence of functions")
+    handler = current()
+    if handler is None:
+        return jax.lax.switch(index, branches, *operands)
+    where = "ppl.switch" if addr is None else f"ppl.switch at '{format_address(as_address(addr))}'"
+    check_context(handler, where)
+    index = jnp.asarray(index)
+    if index.shape != () or not jnp.issubdtype(index.dtype, jnp.integer):
+        raise TypeError(
+            f"{where}: the index must be an integer scalar, got {index.dtype} of shape {index.shape}"
+        )
+    index = jnp.clip(index, 0, len(branches) - 1).astype(jnp.int32)
+    names = tuple(str(j) for j in range(len(branches)))
+    return _branches(handler, where, index, branches, names, operands, addr)
+
+
+def cond(
+    pred: Any,
+    true_fn: Callable[..., Any],
+    false_fn: Callable[..., Any],
+    *operands: Any,
+    addr: str | Address | None = None,
+) -> Any:
+    """Drop-in for ``jax.lax.cond`` whose branches may contain sample sites.
+
+    As :func:`switch` with two branches, whose sites live at ``addr/true/...`` and
+    ``addr/false/...``; ``pred`` is a boolean (or integer: nonzero is true) scalar.
+
+    Example:
+        >>> import jax, numpyro.distributions as dist, ppl
+        >>> @ppl.gen
+        ... def model():
+        ...     rain = ppl.sample("rain", dist.Bernoulli(0.3))
+        ...     wet = ppl.cond(
+        ...         rain,
+        ...         lambda: ppl.sample("wet", dist.Bernoulli(0.9)),
+        ...         lambda: ppl.sample("wet", dist.Bernoulli(0.1)),
+        ...     )
+        ...     return wet
+        >>> sorted(ppl.flatten(model.simulate(jax.random.key(0)).choices))
+        [('false', 'wet'), ('rain',), ('true', 'wet')]
+    """
+    handler = current()
+    if handler is None:
+        return jax.lax.cond(pred, true_fn, false_fn, *operands)
+    where = "ppl.cond" if addr is None else f"ppl.cond at '{format_address(as_address(addr))}'"
+    check_context(handler, where)
+    pred = jnp.asarray(pred)
+    if pred.shape != () or not (pred.dtype == jnp.bool_ or jnp.issubdtype(pred.dtype, jnp.integer)):
+        raise TypeError(
+            f"{where}: the predicate must be a boolean scalar, got {pred.dtype} of shape {pred.shape}"
+        )
+    index = (pred != 0).astype(jnp.int32)
+    return _branches(handler, where, index, (false_fn, true_fn), ("false", "true"), operands, addr)
+
+
+def _branches(
+    handler: Handler,
+    where: str,
+    index: jax.Array,
+    branches: tuple[Callable[..., Any], ...],
+    names: tuple[str, ...],
+    operands: tuple,
+    addr: str | Address | None,
+) -> Any:
+    """Run every branch with the handler's mask narrowed to it; select the outputs by ``index``."""
+    prefix = () if addr is None else as_address(addr)
+    outer = handler.mask
+    outs = []
+    try:
+        for j, (branch, label) in enumerate(zip(branches, names)):
+            selected = index == j
+            handler.mask = selected if outer is None else outer & selected
+            outs.append(handler.call((*prefix, label), branch, operands))
+    finally:
+        handler.mask = outer
+    return _select(where, index, outs, names)
+
+
+def _select(where: str, index: jax.Array, outs: list[Any], names: tuple[str, ...]) -> Any:
+    """``outs[index]``, leaf by leaf; the branches must agree on structure, shapes and dtypes."""
+    trees = [jax.tree_util.tree_structure(out) for out in outs]
+    for name, tree in zip(names[1:], trees[1:]):
+        if tree != trees[0]:
+            raise TypeError(
+                f"{where}: branch '{name}' returns {tree}, branch '{names[0]}' {trees[0]}: "
+                "every branch must return the same structure"
+            )
+    columns = zip(*(jax.tree_util.tree_leaves(out) for out in outs))
+    selected = []
+    for leaves in columns:
+        leaves = [jnp.asarray(x) for x in leaves]
+        for name, leaf in zip(names[1:], leaves[1:]):
+            if leaf.shape != leaves[0].shape or leaf.dtype != leaves[0].dtype:
+                raise TypeError(
+                    f"{where}: branch '{name}' returns a {leaf.dtype}{list(leaf.shape)} where branch "
+                    f"'{names[0]}' returns a {leaves[0].dtype}{list(leaves[0].shape)}: every branch "
+                    "must return arrays of the same shapes and dtypes"
+                )
+        selected.append(leaves[0] if len(leaves) == 1 else jax.lax.select_n(index, *leaves))
+    return jax.tree_util.tree_unflatten(trees[0], selected)

@@ -115,7 +115,7 @@ def _is_real(constraint: constraints.Constraint) -> bool:
     return type(base).__name__ in ("_Real", "_RealVector")
 
 
-def check_parameters(addr: Address, d: nd.Distribution) -> jax.Array:
+def check_parameters(addr: Address, d: nd.Distribution, selected: Any = None) -> jax.Array:
     """Whether each given parameter of ``d`` lies in its constraint (NaN/inf included).
 
     Only parameters the distribution holds (not lazily derived ones) are checked;
@@ -123,19 +123,20 @@ def check_parameters(addr: Address, d: nd.Distribution) -> jax.Array:
     distributions inside ``Independent``, ``ExpandedDistribution`` and ``MaskedDistribution``
     are checked (masked-out elements too: only data may be padding). Returns the outcome
     broadcastable to ``elementwise(d).batch_shape`` (see :func:`ppl._checks.require`) for the caller to
-    poison the site with.
+    poison the site with. ``selected`` (a boolean scalar, ``None``: true) is whether the site's
+    branch of ``ppl.switch``/``ppl.cond`` is selected; where it is not, the checks hold.
     """
-    return _parameters_ok(addr, elementwise(d))
+    return _parameters_ok(addr, elementwise(d), selected)
 
 
-def _parameters_ok(addr: Address, d: nd.Distribution) -> jax.Array:
+def _parameters_ok(addr: Address, d: nd.Distribution, selected: Any = None) -> jax.Array:
     """The outcome of ``d``'s parameter checks, broadcastable to ``d.batch_shape``."""
     if isinstance(d, nd.Independent):
-        ok = jnp.asarray(_parameters_ok(addr, d.base_dist))
+        ok = jnp.asarray(_parameters_ok(addr, d.base_dist, selected))
         reinterpreted = d.reinterpreted_batch_ndims
         return jnp.all(ok, axis=tuple(range(max(ok.ndim - reinterpreted, 0), ok.ndim)))
     if isinstance(d, nd.ExpandedDistribution | nd.MaskedDistribution):  # masked: only data may be padding
-        return _parameters_ok(addr, d.base_dist)
+        return _parameters_ok(addr, d.base_dist, selected)
     arg_constraints = getattr(d, "arg_constraints", None) or {}
     held = vars(d)
     ok = jnp.asarray(True)
@@ -146,7 +147,7 @@ def _parameters_ok(addr: Address, d: nd.Distribution) -> jax.Array:
         if not isinstance(value, jax.Array | np.ndarray | float | int):
             continue
         ok = ok & require(
-            constraint(value),
+            _selected(constraint(value), selected),
             escape(f"address '{format_address(addr)}' ({name(d)}): parameter {param} = ")
             + "{value}"
             + escape(f" is outside its constraint ({describe(constraint)})"),
@@ -163,13 +164,20 @@ def _unmasked(d: nd.MaskedDistribution, ok: Any) -> Any:
     return ok | ~jnp.asarray(mask)
 
 
-def check_value(addr: Address, d: nd.Distribution, value: Any, role: str) -> tuple[jax.Array, jax.Array]:
+def _selected(ok: Any, selected: Any) -> Any:
+    return ok if selected is None else ok | ~jnp.asarray(selected)
+
+
+def check_value(
+    addr: Address, d: nd.Distribution, value: Any, role: str, selected: Any = None
+) -> tuple[jax.Array, jax.Array]:
     """Check a given value's shape, dtype and support (finiteness for real supports).
 
     Shape must equal the distribution's ``batch_shape + event_shape``; the dtype must be
     a real number type (both checked at trace time). The support is checked at trace time
     for concrete values; for traced ones the outcome is returned (see
-    :func:`ppl._checks.require`). Returns ``(value as an array, outcome)``.
+    :func:`ppl._checks.require`); not where ``selected`` (see :func:`check_parameters`) is false.
+    Returns ``(value as an array, outcome)``.
     """
     where = f"address '{format_address(addr)}' ({name(d)})"
     try:
@@ -191,7 +199,7 @@ def check_value(addr: Address, d: nd.Distribution, value: Any, role: str) -> tup
     if isinstance(per_element, nd.MaskedDistribution):
         inside = _unmasked(per_element, inside)
     ok = require(
-        inside,
+        _selected(inside, selected),
         escape(f"{where}: {role} is ") + "{value}" + escape(f", outside the support ({describe(support)})"),
         value,
     )

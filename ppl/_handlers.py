@@ -42,6 +42,10 @@ class Handler(abc.ABC):
         self._prefix: Address = ()
         self._seen: set[Address] = set()
         self._guard = ForeignEffectGuard(self.kind)
+        #: ``None``, or a boolean scalar: whether the branches of ``ppl.switch``/``ppl.cond``
+        #: enclosing the sites being run are all selected (a site in an unselected branch is
+        #: not part of the execution: its log density counts 0 and its checks do not apply).
+        self.mask: jax.Array | None = None
 
     def __enter__(self) -> Handler:
         # Sample sites must run in the transformation context the handler was entered in: a
@@ -92,6 +96,10 @@ class Handler(abc.ABC):
         finally:
             self._prefix = saved
 
+    def masked(self, value: jax.Array, fill: Any = 0.0) -> jax.Array:
+        """``value`` (a log density, a cost) where the enclosing branches are selected, else ``fill``."""
+        return value if self.mask is None else jax.numpy.where(self.mask, value, fill)
+
     # -- what subclasses define ------------------------------------------------
     @abc.abstractmethod
     def sample(self, addr: Address, d: Any) -> Any: ...
@@ -137,6 +145,7 @@ class Handler(abc.ABC):
         handler that re-runs the body (with sites set to other values) overrides this.
         """
         child = self.child(inputs)
+        child.mask = self.mask
         with child:
             out = thunk()
         arrays, static = child.records()
@@ -160,7 +169,7 @@ def check_context(handler: Handler, what: str) -> None:
             f"{what} runs inside a JAX transformation opened within the program (jax.lax.cond/switch/"
             "while_loop/fori_loop, jax.vmap, jax.jit, jax.checkpoint, ...): its values and log densities "
             "would leak out of it. Sample outside it: ppl.vmap for independent copies, ppl.scan for "
-            "loops; for branches, sample what every branch needs first and select with jnp.where"
+            "loops, ppl.switch/ppl.cond for branches"
         )
 
 

@@ -49,15 +49,15 @@ class Interpreter(Handler):
 
     def sample(self, addr: Address, d: Any) -> Any:
         full = self.claim(addr, name(d))
-        ok = check_parameters(self.base + full, d)
+        ok = check_parameters(self.base + full, d, self.mask)
         if full in self.constraints:
             self.used.add(full)
             value, given_ok = check_value(
-                self.base + full, d, self.constraints[full], f"the value given to {self.role}"
+                self.base + full, d, self.constraints[full], f"the value given to {self.role}", self.mask
             )
             if self.key is not None:
                 self.counter += 1
-            lp = site_log_prob(d, value, ok & given_ok)
+            lp = self.masked(site_log_prob(d, value, ok & given_ok))
             self.weight = self.weight + lp
         elif self.key is None:
             given = [self.base + a for a in self.constraints]
@@ -68,7 +68,7 @@ class Interpreter(Handler):
             )
         else:
             value = poison_sample(d, d.sample(self.next_key()), ok)
-            lp = site_log_prob(d, value, ok)
+            lp = self.masked(site_log_prob(d, value, ok))
         self.choices[full] = value
         self.score = self.score + lp
         return value

@@ -30,6 +30,7 @@ def forward(
     xs: Any,
     inputs: tuple[dict, dict, Any],
     length: int,
+    mask: jax.Array | None = None,
 ) -> tuple[Any, Any, jax.Array]:
     """Elimination along a ``ppl.scan``: ``(final carry, ys, log Σ over every step's values)``.
 
@@ -45,7 +46,7 @@ def forward(
         given, tilts, key = step_inputs
         return solve(
             plan,
-            lambda subst: Eliminator(plan, given, tilts, subst, base, axes, key),
+            lambda subst: Eliminator(plan, given, tilts, subst, base, axes, key, mask),
             lambda: _step(f, carry, x, where),
             split=lambda out: out,
         )

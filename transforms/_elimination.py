@@ -23,6 +23,7 @@ it comes out as a :class:`SummedOut` placeholder that raises, naming the sites, 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -96,8 +97,10 @@ class Eliminator(Handler):
         base: Address = (),
         axes: tuple[int, ...] = (),
         key: jax.Array | None = None,
+        mask: jax.Array | None = None,
     ):
         super().__init__()
+        self.mask = mask
         self.plan, self.given, self.tilts, self.subst, self.base = plan, given, tilts, subst, base
         #: With ``reduce="sample"``: the key of this element's (or step's) blocks' noise.
         self.key = key
@@ -113,15 +116,18 @@ class Eliminator(Handler):
     def sample(self, addr: Address, d: Any) -> Any:
         full = self.claim(addr, name(d))
         where = self.base + full
-        ok = check_parameters(where, d)
+        ok = check_parameters(where, d, self.mask)
         self.sampled.add(full)
         if full in self.given:
             self.used.add(full)
-            value, given_ok = check_value(where, d, self.given[full], self.plan.role)
-            lp = site_log_prob(d, value, ok & given_ok)
+            value, given_ok = check_value(where, d, self.given[full], self.plan.role, self.mask)
+            lp = self.masked(site_log_prob(d, value, ok & given_ok))
         elif full in self.subst:
             value, index = self.subst[full]
-            lp = site_log_prob(d, value, ok)
+            # In an unselected branch the site is not part of the execution: under a sum each of
+            # its n values weighs 1/n (their sum is 1), under a max all weigh 1.
+            fill = 0.0 if self.plan.reduce == "max" else -math.log(_support_size(d))
+            lp = self.masked(site_log_prob(d, value, ok), fill)
             if full in self.tilts:
                 tilt, linear = self.tilts[full]
                 lp = lp + tilt[index] + jnp.sum(linear * value)
@@ -155,7 +161,7 @@ class Eliminator(Handler):
 
     def child(self, inputs: Any) -> Eliminator:
         given, tilts, key = inputs
-        return Eliminator(self.plan, given, tilts, {}, self._block_base, self._block_axes, key)
+        return Eliminator(self.plan, given, tilts, {}, self._block_base, self._block_axes, key, self.mask)
 
     def discovery_child(self, key: jax.Array) -> Handler:
         return Interpreter(key, {}, "discover", program=self.plan.program)
@@ -169,8 +175,9 @@ class Eliminator(Handler):
     def run_element(self, inputs: Any, thunk: Callable[[], Any]) -> tuple[Any, Any, Any]:
         given, tilts, key = inputs
         base, axes = self._block_base, self._block_axes
+        mask = self.mask
         table = solve(
-            self.plan, lambda subst: Eliminator(self.plan, given, tilts, subst, base, axes, key), thunk
+            self.plan, lambda subst: Eliminator(self.plan, given, tilts, subst, base, axes, key, mask), thunk
         )
         total = self.plan.combine(table.scores, key=combine_key(key))
         return table.shared, total, (base, table.dependent, table.sites)
@@ -194,7 +201,9 @@ class Eliminator(Handler):
         from ppl.transforms._chains import forward  # the chain recursion builds on this module
 
         inputs = self.block_inputs(prefix, length, own)
-        carry, ys, total = forward(self.plan, self._block_base, self._block_axes, f, init, xs, inputs, length)
+        carry, ys, total = forward(
+            self.plan, self._block_base, self._block_axes, f, init, xs, inputs, length, self.mask
+        )
         self.score = self.score + total
         return carry, ys
 
@@ -331,6 +340,11 @@ def _strong(x: Any) -> jax.Array:
 
 def _zero(x: Any) -> jax.Array:
     return jnp.zeros(jnp.shape(x), jnp.result_type(x))
+
+
+def _support_size(d: nd.Distribution) -> int:
+    """The number of joint values of a finite-support site."""
+    return d.enumerate_support(expand=False).shape[0] ** math.prod(d.batch_shape)
 
 
 def _finite(d: nd.Distribution) -> bool:

@@ -220,29 +220,29 @@ class EstimatorHandler(Handler):
 
     def sample(self, addr: Address, d: Any) -> Any:
         full = self.claim(addr, name(d))
-        ok = check_parameters(self.base + full, d)
+        ok = check_parameters(self.base + full, d, self.mask)
         key = self.next_key()
         if full in self.observed:
             value, given_ok = check_value(
-                self.base + full, d, self.observed[full], "the value given to generate"
+                self.base + full, d, self.observed[full], "the value given to generate", self.mask
             )
             ok = ok & given_ok
-            lp = site_log_prob(d, value, ok)
+            lp = self.masked(site_log_prob(d, value, ok))
             self.entries.append(SiteEntry(full, None, value, lp, ok=held(lp, ok)))
             self._record(full, value, lp, observed=True)
             return value
         if full in self.subst:
             value = self.subst[full]
-            lp = site_log_prob(d, value, ok)
+            lp = self.masked(site_log_prob(d, value, ok))
             self.entries.append(SiteEntry(full, None, value, lp, ok=held(lp, ok)))
         elif self.config.plain or self.frozen[0]:
             value = poison_sample(d, sg(d.sample(key)), ok)
-            lp = site_log_prob(d, value, ok)
+            lp = self.masked(site_log_prob(d, value, ok))
             self.entries.append(SiteEntry(full, None, value, lp, ok=held(lp, ok)))
         else:
             strategy = self.config.resolve(self.base + full, d, self.in_block)
             value = poison_sample(d, strategy.draw(key, d), ok)
-            lp = site_log_prob(d, value, ok)
+            lp = self.masked(site_log_prob(d, value, ok))
             self.entries.append(SiteEntry.of(full, strategy, value, lp, d, key, held(lp, ok)))
             if strategy.replaces_continuation:
                 raise _Replace()
@@ -253,7 +253,7 @@ class EstimatorHandler(Handler):
         cost = jnp.asarray(cost)
         if cost.shape != ():
             raise ValueError(f"{what} must be a scalar, got shape {cost.shape}")
-        self.entries.append(CostEntry(cost))
+        self.entries.append(CostEntry(self.masked(cost)))
 
     # -- block protocol ----------------------------------------------------------
     def block_inputs(self, base: Address, size: int, own: Any) -> Any:

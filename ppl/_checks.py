@@ -136,8 +136,15 @@ def _host_check(action: Any, ok: jax.Array, shown: jax.Array) -> jax.Array:
             action(flat_shown[i])
         return np.ones(batch, bool)
 
+    def call(ok: jax.Array, shown: jax.Array) -> jax.Array:
+        return jax.pure_callback(
+            run, jax.ShapeDtypeStruct((), jnp.bool_), ok, shown, vmap_method="broadcast_all"
+        )
+
     shown = jax.lax.stop_gradient(shown)  # callbacks have no derivative; this one needs none
-    return jax.pure_callback(run, jax.ShapeDtypeStruct((), jnp.bool_), ok, shown, vmap_method="broadcast_all")
+    # The host is only called when the check fails (a passing call stays on the device; under a
+    # vmap of the caller's the condition is batched and the callback runs for the batch).
+    return jax.lax.cond(jnp.all(ok), lambda *_: jnp.asarray(True), call, ok, shown)
 
 
 def _record(index: int, message: str, value: Any) -> None:

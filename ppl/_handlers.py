@@ -151,6 +151,24 @@ class Handler(abc.ABC):
         arrays, static = child.records()
         return out, arrays, static
 
+    def run_traced(
+        self, kind: str, traced: Callable[[Any, Callable[..., Any]], Any], inputs: Any
+    ) -> tuple[Any, Any, Any]:
+        """Run a block's ``traced`` function (see :func:`run_block`): ``(out, arrays, static)``.
+
+        The default runs each element with :meth:`run_element`; a handler that reorganizes the
+        whole block's computation overrides this.
+        """
+        static_box: list[Any] = []
+
+        def element(element_inputs: Any, thunk: Callable[[], Any]) -> tuple[Any, Any]:
+            out, arrays, static = self.run_element(element_inputs, thunk)
+            static_box.append(static)
+            return out, arrays
+
+        out, arrays = traced(inputs, element)
+        return out, arrays, static_box[-1]
+
     def block_output(self, addr: Address, kind: str, out: Any, static: Any) -> Any:
         """What the block returns to the program, given its stacked outputs (default: those)."""
         return out
@@ -225,16 +243,9 @@ def run_block(
         return None if addr else discover_addresses(handler, traced, size)
 
     inputs = handler.block_inputs(base, size, own)
-    static_box: list[Any] = []
-
-    def element(element_inputs: Any, thunk: Callable[[], Any]) -> tuple[Any, Any]:
-        out, arrays, static = handler.run_element(element_inputs, thunk)
-        static_box.append(static)
-        return out, arrays
-
-    out, arrays = traced(inputs, element)
-    handler.absorb(base, kind, arrays, static_box[-1])
-    return handler.block_output(base, kind, out, static_box[-1])
+    out, arrays, static = handler.run_traced(kind, traced, inputs)
+    handler.absorb(base, kind, arrays, static)
+    return handler.block_output(base, kind, out, static)
 
 
 def discover_addresses(

@@ -29,6 +29,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions as nd
 from ppl.transforms._semirings import Plan, combine_key
 
@@ -77,6 +78,10 @@ class _Unset(Exception):
     def __init__(self, handler: Eliminator, address: Address, dist: nd.Distribution):
         super().__init__(format_address(address))
         self.handler, self.address, self.dist = handler, address, dist
+
+
+class _Found(Exception):
+    """Stops the abstract run of :meth:`Eliminator._first_unset`."""
 
 
 class Eliminator(Handler):
@@ -182,6 +187,84 @@ class Eliminator(Handler):
         total = self.plan.combine(table.scores, key=combine_key(key))
         return table.shared, total, (base, table.dependent, table.sites)
 
+    def run_traced(
+        self, kind: str, traced: Callable[[Any, Callable[..., Any]], Any], inputs: Any
+    ) -> tuple[Any, Any, Any]:
+        """A plate whose elements share their first summed-out site's support: that site's values
+        are mapped *outside* the plate (tables ``(values, elements, ...)``, the layout XLA reduces
+        fastest), the rest of each element as in :meth:`run_element`."""
+        first = self._first_unset(kind, traced, inputs) if kind == "ppl.vmap" else None
+        if first is None:
+            return super().run_traced(kind, traced, inputs)
+        address, where, values = first
+        plan, base, axes, mask = self.plan, self._block_base, self._block_axes, self.mask
+        n = values.shape[0]
+        statics: list[Any] = []
+        trees: list[Any] = []
+
+        def with_value(value: jax.Array, index: jax.Array) -> tuple[Any, Any, list[Any]]:
+            def element(element_inputs: Any, thunk: Callable[[], Any]) -> tuple[Any, Any]:
+                given, tilts, key = element_inputs
+                table = solve(
+                    plan,
+                    lambda subst: Eliminator(plan, given, tilts, subst, base, axes, key, mask),
+                    thunk,
+                    subst={address: (value, index)},
+                    count=n,
+                )
+                statics.append((table.dependent, table.sites))
+                return table.shared, plan.combine(table.scores, key=combine_key(key))
+
+            out, rest = traced(inputs, element)
+            leaves, tree = jax.tree_util.tree_flatten(out)
+            trees.append(tree)
+            return rest, (), leaves
+
+        scores, _, leaves, batched = _map(with_value, (jnp.asarray(values), jnp.arange(n)))
+        keys = inputs[2]
+        if keys is None:
+            totals = plan.combine(scores, axis=0)
+        else:  # each element reduces with its own key (folded: the rest of the element used it)
+            totals = jax.vmap(lambda s, k: plan.combine(s, key=combine_key(jax.random.fold_in(k, 1))))(
+                scores.T, keys
+            )
+        dependent, sites = statics[-1]
+        out = jax.tree_util.tree_unflatten(trees[-1], leaves)
+        return out, totals, (base, dependent | batched, (where, *sites))
+
+    def _first_unset(
+        self, kind: str, traced: Callable[[Any, Callable[..., Any]], Any], inputs: Any
+    ) -> tuple[Address, Address, Any] | None:
+        """The plate elements' first summed-out site and its values, if they are constants (found by
+        an abstract run of the block that stops there); ``None`` otherwise."""
+        plan, base, axes, mask = self.plan, self._block_base, self._block_axes, self.mask
+        found: list[Any] = []
+
+        def element(element_inputs: Any, thunk: Callable[[], Any]) -> tuple[Any, Any]:
+            given, tilts, key = element_inputs
+            handler = Eliminator(plan, given, tilts, {}, base, axes, key, mask)
+            with handler:
+                try:
+                    out = thunk()
+                except _Unset as stop:
+                    if stop.handler is not handler:
+                        raise
+                    with jax.ensure_compile_time_eval():  # a support that depends on no traced value
+                        where, values = _support(plan, handler, stop, 1)
+                    found.append((stop.address, where, None if is_traced(values) else np.asarray(values)))
+                    raise _Found() from None
+            del out
+            found.append(None)
+            raise _Found()
+
+        try:
+            jax.eval_shape(lambda: traced(inputs, element))
+        except _Found:
+            pass
+        if not found or found[-1] is None or found[-1][2] is None:
+            return None
+        return found[-1]
+
     def absorb(self, base: Address, kind: str, arrays: Any, static: Any) -> None:
         self.score = self.score + jnp.sum(arrays)
 
@@ -253,24 +336,8 @@ def solve(
         stacked, shared = split(out)
         stacked = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], stacked)
         return Table(handler.score[None], stacked, shared, frozenset(), ())
-    where = handler.base + unset.address
-    if isinstance(unset.dist, nd.Independent):
-        raise ValueError(
-            f"{plan.program}: address '{format_address(where)}' ({name(unset.dist)}): a discrete site with "
-            "event dimensions cannot be summed out; sample its elements in a ppl.vmap plate (or without "
-            "to_event), or keep it"
-        )
-    values = joint_support(where, unset.dist) if _finite(unset.dist) else _refuse(plan, where, unset.dist)
+    where, values = _support(plan, handler, unset, count)
     n = values.shape[0]
-    if plan.found is not None:
-        plan.found[where] = (handler.axes, n, values.shape[1:], values.dtype)
-    if count * n > plan.max_states:
-        raise ValueError(
-            f"{plan.program}: summing out address '{format_address(where)}' ({name(unset.dist)}, {n} values) "
-            f"makes {count * n} joint values in one element, more than max_states={plan.max_states}: "
-            "sites that are independent copies belong in a ppl.vmap plate (each element is then summed "
-            "separately), or keep some of them"
-        )
     box: list[Table] = []
 
     def one(value: jax.Array, index: jax.Array) -> tuple[Any, Any, list[Any]]:
@@ -291,6 +358,30 @@ def solve(
         inner.dependent | batched,
         (where, *inner.sites),
     )
+
+
+def _support(plan: Plan, handler: Eliminator, unset: _Unset, count: int) -> tuple[Address, jax.Array]:
+    """The full address and the joint values of the unset site, checked (``count``: the joint
+    values of the element's sites set so far)."""
+    where = handler.base + unset.address
+    if isinstance(unset.dist, nd.Independent):
+        raise ValueError(
+            f"{plan.program}: address '{format_address(where)}' ({name(unset.dist)}): a discrete site with "
+            "event dimensions cannot be summed out; sample its elements in a ppl.vmap plate (or without "
+            "to_event), or keep it"
+        )
+    values = joint_support(where, unset.dist) if _finite(unset.dist) else _refuse(plan, where, unset.dist)
+    n = values.shape[0]
+    if plan.found is not None:
+        plan.found[where] = (handler.axes, n, values.shape[1:], values.dtype)
+    if count * n > plan.max_states:
+        raise ValueError(
+            f"{plan.program}: summing out address '{format_address(where)}' ({name(unset.dist)}, {n} values) "
+            f"makes {count * n} joint values in one element, more than max_states={plan.max_states}: "
+            "sites that are independent copies belong in a ppl.vmap plate (each element is then summed "
+            "separately), or keep some of them"
+        )
+    return where, values
 
 
 def _map(

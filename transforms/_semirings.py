@@ -42,6 +42,8 @@ class Plan:
     def combine(self, scores: jax.Array, axis: int = 0, key: jax.Array | None = None) -> jax.Array:
         """Sum (log-sum-exp), max, or with ``reduce="sample"`` log-sum-exp whose derivative is a
         one-hot sample of the reduced axis ∝ ``exp(scores)`` (Gumbel-max with ``key``)."""
+        if scores.shape[axis] == 1:  # one value: every reduction is the identity
+            return jnp.squeeze(scores, axis)
         if self.reduce == "max":  # its derivative picks one maximizer (the first), never an average
             return _first_max(jnp.moveaxis(scores, axis, -1))
         if self.reduce == "sample":

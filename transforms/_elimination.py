@@ -193,7 +193,7 @@ class Eliminator(Handler):
         """A plate whose elements share their first summed-out site's support: that site's values
         are mapped *outside* the plate (tables ``(values, elements, ...)``, the layout XLA reduces
         fastest), the rest of each element as in :meth:`run_element`."""
-        first = self._first_unset(kind, traced, inputs) if kind == "ppl.vmap" else None
+        first = self._first_unset(traced, inputs) if kind == "ppl.vmap" else None
         if first is None:
             return super().run_traced(kind, traced, inputs)
         address, where, values = first
@@ -233,7 +233,7 @@ class Eliminator(Handler):
         return out, totals, (base, dependent | batched, (where, *sites))
 
     def _first_unset(
-        self, kind: str, traced: Callable[[Any, Callable[..., Any]], Any], inputs: Any
+        self, traced: Callable[[Any, Callable[..., Any]], Any], inputs: Any
     ) -> tuple[Address, Address, Any] | None:
         """The plate elements' first summed-out site and its values, if they are constants (found by
         an abstract run of the block that stops there); ``None`` otherwise."""

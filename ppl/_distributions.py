@@ -210,6 +210,12 @@ def is_discrete(d: nd.Distribution) -> bool:
     return bool(getattr(d.support, "is_discrete", False))
 
 
+def support_size(d: nd.Distribution) -> int:
+    """The number of joint values of a finite-support site (its elements' supports multiplied)."""
+    k = d.enumerate_support(expand=False).shape[0]
+    return k ** math.prod(d.batch_shape)
+
+
 def joint_support(addr: Address, d: nd.Distribution) -> jax.Array:
     """All joint values of a site with finite support, shape ``(n,) + d.shape()``.
 

@@ -36,7 +36,7 @@ from ppl.transforms._semirings import Plan, combine_key
 from ppl import _checks
 from ppl._choice_map import Address, format_address, listing, never_sampled, subtree
 from ppl._compat import is_traced
-from ppl._distributions import check_parameters, check_value, joint_support, name, site_log_prob
+from ppl._distributions import check_parameters, check_value, joint_support, name, site_log_prob, support_size
 from ppl._handlers import Handler, check_leading_axis, discover_addresses, scan_body
 from ppl._interpreter import Interpreter
 
@@ -129,10 +129,12 @@ class Eliminator(Handler):
             lp = self.masked(site_log_prob(d, value, ok & given_ok))
         elif full in self.subst:
             value, index = self.subst[full]
-            # In an unselected branch the site is not part of the execution: under a sum each of
-            # its n values weighs 1/n (their sum is 1), under a max all weigh 1.
-            fill = 0.0 if self.plan.reduce == "max" else -math.log(_support_size(d))
-            lp = self.masked(site_log_prob(d, value, ok), fill)
+            lp = site_log_prob(d, value, ok)
+            if self.mask is not None:
+                # In an unselected branch the site is not part of the execution: under a sum each
+                # of its n values weighs 1/n (their sum is 1), under a max all weigh 1.
+                fill = 0.0 if self.plan.reduce == "max" else -math.log(support_size(d))
+                lp = self.masked(lp, fill)
             if full in self.tilts:
                 tilt, linear = self.tilts[full]
                 lp = lp + tilt[index] + jnp.sum(linear * value)
@@ -165,8 +167,13 @@ class Eliminator(Handler):
         return given, tilts, keys
 
     def child(self, inputs: Any) -> Eliminator:
+        return self.element_handlers(inputs)({})
+
+    def element_handlers(self, inputs: Any) -> Callable[[dict[Address, Any]], Eliminator]:
+        """``subst ↦`` a handler for one element of the block being entered, given its inputs."""
         given, tilts, key = inputs
-        return Eliminator(self.plan, given, tilts, {}, self._block_base, self._block_axes, key, self.mask)
+        plan, base, axes, mask = self.plan, self._block_base, self._block_axes, self.mask
+        return lambda subst: Eliminator(plan, given, tilts, subst, base, axes, key, mask)
 
     def discovery_child(self, key: jax.Array) -> Handler:
         return Interpreter(key, {}, "discover", program=self.plan.program)
@@ -178,14 +185,9 @@ class Eliminator(Handler):
         return self.score, None
 
     def run_element(self, inputs: Any, thunk: Callable[[], Any]) -> tuple[Any, Any, Any]:
-        given, tilts, key = inputs
-        base, axes = self._block_base, self._block_axes
-        mask = self.mask
-        table = solve(
-            self.plan, lambda subst: Eliminator(self.plan, given, tilts, subst, base, axes, key, mask), thunk
-        )
-        total = self.plan.combine(table.scores, key=combine_key(key))
-        return table.shared, total, (base, table.dependent, table.sites)
+        table = solve(self.plan, self.element_handlers(inputs), thunk)
+        total = self.plan.combine(table.scores, key=combine_key(inputs[2]))
+        return table.shared, total, (self._block_base, table.dependent, table.sites)
 
     def run_traced(
         self, kind: str, traced: Callable[[Any, Callable[..., Any]], Any], inputs: Any
@@ -197,23 +199,22 @@ class Eliminator(Handler):
         if first is None:
             return super().run_traced(kind, traced, inputs)
         address, where, values = first
-        plan, base, axes, mask = self.plan, self._block_base, self._block_axes, self.mask
+        plan, base = self.plan, self._block_base
         n = values.shape[0]
         statics: list[Any] = []
         trees: list[Any] = []
 
         def with_value(value: jax.Array, index: jax.Array) -> tuple[Any, Any, list[Any]]:
             def element(element_inputs: Any, thunk: Callable[[], Any]) -> tuple[Any, Any]:
-                given, tilts, key = element_inputs
                 table = solve(
                     plan,
-                    lambda subst: Eliminator(plan, given, tilts, subst, base, axes, key, mask),
+                    self.element_handlers(element_inputs),
                     thunk,
                     subst={address: (value, index)},
                     count=n,
                 )
                 statics.append((table.dependent, table.sites))
-                return table.shared, plan.combine(table.scores, key=combine_key(key))
+                return table.shared, plan.combine(table.scores, key=combine_key(element_inputs[2]))
 
             out, rest = traced(inputs, element)
             leaves, tree = jax.tree_util.tree_flatten(out)
@@ -237,24 +238,18 @@ class Eliminator(Handler):
     ) -> tuple[Address, Address, Any] | None:
         """The plate elements' first summed-out site and its values, if they are constants (found by
         an abstract run of the block that stops there); ``None`` otherwise."""
-        plan, base, axes, mask = self.plan, self._block_base, self._block_axes, self.mask
+        plan = self.plan
         found: list[Any] = []
 
         def element(element_inputs: Any, thunk: Callable[[], Any]) -> tuple[Any, Any]:
-            given, tilts, key = element_inputs
-            handler = Eliminator(plan, given, tilts, {}, base, axes, key, mask)
-            with handler:
-                try:
-                    out = thunk()
-                except _Unset as stop:
-                    if stop.handler is not handler:
-                        raise
-                    with jax.ensure_compile_time_eval():  # a support that depends on no traced value
-                        where, values = _support(plan, handler, stop, 1)
-                    found.append((stop.address, where, None if is_traced(values) else np.asarray(values)))
-                    raise _Found() from None
-            del out
-            found.append(None)
+            handler = self.element_handlers(element_inputs)({})
+            _, stop = _run_until_unset(handler, thunk)
+            if stop is None:
+                found.append(None)
+            else:
+                with jax.ensure_compile_time_eval():  # a support that depends on no traced value
+                    where, values = _support(plan, handler, stop, 1)
+                found.append((stop.address, where, None if is_traced(values) else np.asarray(values)))
             raise _Found()
 
         try:
@@ -322,15 +317,7 @@ def solve(
     """
     subst = {} if subst is None else subst
     handler = make(subst)
-    with handler:
-        try:
-            out = body()
-        except _Unset as stop:
-            if stop.handler is not handler:
-                raise
-            unset = stop
-        else:
-            unset = None
+    out, unset = _run_until_unset(handler, body)
     if unset is None:
         handler.check_all_used()
         stacked, shared = split(out)
@@ -358,6 +345,17 @@ def solve(
         inner.dependent | batched,
         (where, *inner.sites),
     )
+
+
+def _run_until_unset(handler: Eliminator, body: Callable[[], Any]) -> tuple[Any, _Unset | None]:
+    """``(body(), None)`` under ``handler``, or ``(None, stop)`` at its first unset site."""
+    with handler:
+        try:
+            return body(), None
+        except _Unset as stop:
+            if stop.handler is not handler:
+                raise
+            return None, stop
 
 
 def _support(plan: Plan, handler: Eliminator, unset: _Unset, count: int) -> tuple[Address, jax.Array]:
@@ -431,11 +429,6 @@ def _strong(x: Any) -> jax.Array:
 
 def _zero(x: Any) -> jax.Array:
     return jnp.zeros(jnp.shape(x), jnp.result_type(x))
-
-
-def _support_size(d: nd.Distribution) -> int:
-    """The number of joint values of a finite-support site."""
-    return d.enumerate_support(expand=False).shape[0] ** math.prod(d.batch_shape)
 
 
 def _finite(d: nd.Distribution) -> bool:

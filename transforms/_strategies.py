@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -30,7 +29,7 @@ from ppl.transforms._baselines import Baseline, leave_one_out
 from ppl.transforms._baselines import none as no_baseline
 
 from ppl._choice_map import Address, format_address
-from ppl._distributions import MAX_ENUMERATION, is_discrete, joint_support, name
+from ppl._distributions import MAX_ENUMERATION, is_discrete, joint_support, name, support_size
 
 sg = jax.lax.stop_gradient
 
@@ -307,12 +306,6 @@ class Auto(Strategy):
                 None,
             )
         return score, f"enumeration cost {total} > {self.max_enumeration}: {rule}", "over budget"
-
-
-def support_size(d: nd.Distribution) -> int:
-    """The number of joint values of a finite-support site (its elements' supports multiplied)."""
-    k = d.enumerate_support(expand=False).shape[0]
-    return k ** math.prod(d.batch_shape)
 
 
 def reparam() -> Strategy:

@@ -10,6 +10,7 @@ import pytest
 from ppl.models import cone
 
 
+@pytest.mark.slow
 def test_short_run_prints_the_table_and_writes_the_json_format(tmp_path, capsys) -> None:
     path = tmp_path / "cone.json"
     result = cone.main(["--steps", "300", "--json", str(path)])

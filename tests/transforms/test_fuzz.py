@@ -82,12 +82,8 @@ def build(sites):
 site = st.tuples(st.sampled_from(sorted(FAMILIES)), st.booleans(), st.sampled_from(sorted(STRATEGIES)))
 
 
-@pytest.mark.filterwarnings(
-    "ignore::ppl.transforms.StrategyWarning"
-)  # auto may pick baseline-free score terms
-@settings(max_examples=24, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-@given(st.lists(site, min_size=1, max_size=3))
-def test_random_programs_are_unbiased_or_refused_by_name(sites) -> None:
+def check_unbiased_or_refused_by_name(sites) -> None:
+    """One random program: its gradient passes the z-test, or it is refused naming an address."""
     objective, exact = build(sites)
     strategies = {f"s{i}" + ("/x" if p else ""): STRATEGIES[s]() for i, (_, p, s) in enumerate(sites)}
     theta = jnp.linspace(-0.4, 0.3, len(sites))
@@ -110,8 +106,27 @@ def test_random_programs_are_unbiased_or_refused_by_name(sites) -> None:
     OUTCOMES["z-tested"] += 1
 
 
+FUZZ = dict(deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+PROGRAM = st.lists(site, min_size=1, max_size=3)
+
+
+@pytest.mark.filterwarnings("ignore::ppl.transforms.StrategyWarning")  # auto may pick baseline-free terms
+@settings(max_examples=10, **FUZZ)
+@given(PROGRAM)
+def test_random_programs_are_unbiased_or_refused_by_name(sites) -> None:
+    check_unbiased_or_refused_by_name(sites)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::ppl.transforms.StrategyWarning")
+@settings(max_examples=30, **FUZZ)
+@given(PROGRAM)
+def test_more_random_programs_are_unbiased_or_refused_by_name(sites) -> None:
+    check_unbiased_or_refused_by_name(sites)
+
+
 def test_the_fuzz_covered_many_programs_both_ways() -> None:
-    if PROGRAMS:  # run after the fuzz test in the same session
-        assert len(PROGRAMS) >= 20, OUTCOMES
-        assert OUTCOMES["z-tested"] >= 5 and OUTCOMES["refused by name"] >= 5, OUTCOMES
+    if PROGRAMS:  # run after the fuzz tests in the same session
+        assert len(PROGRAMS) >= 10, OUTCOMES
+        assert OUTCOMES["z-tested"] >= 3 and OUTCOMES["refused by name"] >= 3, OUTCOMES
         print(f"fuzz: {len(PROGRAMS)} programs, {OUTCOMES}")

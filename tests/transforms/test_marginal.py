@@ -98,6 +98,7 @@ def test_normalize_reciprocal_estimate_is_unbiased() -> None:
     assert_unbiased(vmapped(one, N), 1.0, "normalize/reciprocal")
 
 
+@pytest.mark.slow
 def test_normalize_with_many_particles_approaches_the_exact_posterior() -> None:
     x = 1.7
     posterior = T.normalize(categorical_model, {"x": jnp.asarray(x)}, T.sir(200))
@@ -185,6 +186,7 @@ def test_iwhvi_gradient_is_unbiased_against_enumeration_and_quadrature() -> None
     assert_unbiased(values, exact(0.8), "iwhvi/value")
 
 
+@pytest.mark.slow
 def test_diwhvi_gradient_is_unbiased_against_enumeration_and_quadrature() -> None:
     """DIWHVI(2, 2) over the mixture family: enumerate the four u's, 2-d Gauss-Hermite over x."""
     y, scale = 0.4, 0.8

@@ -66,6 +66,7 @@ def test_independence_mh_leaves_the_posterior_invariant(proposal) -> None:
     assert_unbiased(vmapped(one, N), pi, f"mcmc/invariance/{proposal is not None}")
 
 
+@pytest.mark.slow
 def test_chain_converges_from_a_bad_start() -> None:
     """From z = 0 (far from x = 1.5), 30 steps reach π."""
     x = 1.5

@@ -63,6 +63,7 @@ def test_unbiased_at_stationarity(name, samples) -> None:
     assert_unbiased(gradients(estimator(name, samples), LOGITS, 6000), exact, f"mcmc_em/{name}/{samples}")
 
 
+@pytest.mark.slow
 def test_control_variate_variance_vanishes_as_acceptance_nears_one() -> None:
     """The reference's toy: many correct rationales (z ≤ 3) whose scores differ. The basic
     estimator's variance stays put as p(y | x) → 1 (it is the spread of ∇ log p(z') over the

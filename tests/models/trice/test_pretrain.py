@@ -25,6 +25,7 @@ def _same(a: tf.Params, b: tf.Params) -> bool:
     return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+@pytest.mark.slow
 def test_cache_saves_reloads_and_retrains(tmp_path, monkeypatch):
     calls = []
     real = pretrain.pretrain

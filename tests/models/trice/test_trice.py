@@ -156,6 +156,7 @@ def test_a_resumed_run_equals_an_uninterrupted_one(setup, splits, cv_run, tmp_pa
     tree_allclose(again.params, whole.params, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_a_resumed_star_run_equals_an_uninterrupted_one(setup, splits, tmp_path) -> None:
     base = setup[0]
     longer = dataclasses.replace(SMALL, steps=16)  # a budget of 128 rationales: 2-3 iterations
@@ -201,6 +202,7 @@ def test_a_modified_checkpoint_is_refused(setup, splits, tmp_path) -> None:
         train.train("gold", base, *splits, SMALL, seed=5, checkpoint=path)
 
 
+@pytest.mark.slow
 def test_another_runs_checkpoint_is_refused(setup, splits, tmp_path) -> None:
     """A checkpoint of method A (or of another configuration, seed or base model) is never resumed
     as method B: the error names what differs."""

@@ -4,19 +4,27 @@ Step 0 runs from ``init``; every later step runs from each row of the previous s
 (the chain's state), giving factors ``ℓ_t(j, k)``, summed by ``β_{t−1}(j) = log Σ_k exp(ℓ_t(j, k) +
 β_t(k))``. When the carry table is the same at every step all factors come from one vectorized
 pass; otherwise a ``lax.scan`` computes the tables step by step.
+
+A higher-order chain carries more than the step's values (a tuple of the last states): its states
+are then the distinct carries, found once at trace time as constants (:func:`_states`, at most
+``max_states``), and the recursion runs over them, ``β_{t−1}(s) = log Σ_k exp(ℓ_t(s, k) +
+β_t(to[s, k]))`` with ``to[s, k]`` the state after ``s`` with the step's values ``k``.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from ppl.transforms._elimination import Eliminator, Table, _map, _placeholders, _strong, _zero, solve
 from ppl.transforms._semirings import Plan, combine_key
 
 from ppl._choice_map import Address, format_address, listing
+from ppl._compat import is_traced
 
 __all__ = ["forward"]
 
@@ -95,11 +103,13 @@ def forward(
             return table.scores, jax.tree_util.tree_map(_strong, table.stacked), leaves
 
         def coupled() -> None:
-            raise ValueError(
+            raise _Coupled(
                 f"{plan.program}: {where}: the carry after a step depends on the previous step's "
-                f"carry beyond the values of this step's summed-out sites ({listing(box[-1].sites)}): "
-                "the forward algorithm needs the carry to be a function of the current step's "
-                "summed-out values (a Markov chain in them); carry only those values, or keep the sites"
+                f"carry beyond the values of this step's summed-out sites ({listing(box[-1].sites)}), "
+                "and not as a higher-order chain (a carry of discrete values only, the same at every "
+                f"step, with at most max_states distinct values, all reached in {MAX_LAYERS} steps): "
+                "the forward algorithm needs the carry to be a function of the last steps' summed-out "
+                "values; carry only those values, or keep the sites"
             )
 
         def transition(carries: Any, step_inputs: Any, x: Any) -> tuple[Any, Any, list[Any]]:
@@ -112,28 +122,27 @@ def forward(
 
         rest = jax.tree_util.tree_map(lambda v: v[1:], (inputs, xs))
         tables = jax.tree_util.tree_map(lambda v: jnp.broadcast_to(v, (length - 1, *v.shape)), carries)
+        step_keys = None if inputs[2] is None else inputs[2][1:]
         try:
-            # Fast path: the carry table is a function of the step's summed-out values only (not of
-            # the carry it came from, nor of the step's inputs), so it is the same at every step:
-            # every step's factors in one vectorized pass. Checked abstractly with the table mapped
-            # along the steps, then run with it shared (work that depends on it only is not repeated).
-            jax.eval_shape(jax.vmap(transition, out_axes=(0, None, 0)), tables, *rest)
-            factors, carries, ys = jax.vmap(transition, in_axes=(None, 0, 0), out_axes=(0, None, 0))(
-                carries, *rest
+            factors, carries, ys = _first_order(transition, carries, tables, rest, length - 1)
+        except _Coupled as err:
+            # A higher-order chain: its states are the distinct carries (a finite set, found once).
+            states, to_first, to = _states(plan, init, first, step_table, from_state, rest, length, err)
+
+            def from_rows(rows: Any, step_inputs: Any, x: Any) -> tuple[Any, Any, list[Any]]:
+                scores, new, leaves, batched = _map(from_state, (rows, x, step_inputs), (0, None, None))
+                dependent.update(box[-1].dependent | batched)
+                return scores, new, [_zero(v[0]) if k in batched else v for k, v in enumerate(leaves)]
+
+            beta, ys = _higher_order(
+                plan, from_rows, carries, states, (to_first, to), rest, length, step_keys, err
             )
-        except ValueError as err:
-            if "out_axes" not in str(err):
-                raise
+            log_alpha = log_alpha + beta
+            ys_rest = _appended(ys_rest, ys)
+            return _finish(plan, where, inputs, log_alpha, carries, y_tree, ys_rest, dependent, sites)
 
-            def step(carries: Any, packed: Any) -> Any:  # the table changes along the chain
-                factors, carries, leaves = transition(carries, *packed)
-                return carries, (factors, leaves)
-
-            carries, (factors, ys) = jax.lax.scan(step, carries, rest, length=length - 1)
         # The backward recursion β_{t−1}(j) = log Σ_k exp(ℓ_t(j, k) + β_t(k)): values summed out
         # before the scan (its initial carry) enter through the first step only.
-        step_keys = None if inputs[2] is None else inputs[2][1:]
-
         def backward(b: jax.Array, packed: Any) -> tuple[jax.Array, None]:
             f, key = packed
             return plan.combine(f + b[None, :], axis=1, key=combine_key(key)), None
@@ -141,6 +150,21 @@ def forward(
         beta = jax.lax.scan(backward, jnp.zeros_like(log_alpha), (factors, step_keys), reverse=True)[0]
         log_alpha = log_alpha + beta
         ys_rest = _appended(ys_rest, ys)
+    return _finish(plan, where, inputs, log_alpha, carries, y_tree, ys_rest, dependent, sites)
+
+
+def _finish(
+    plan: Plan,
+    where: str,
+    inputs: Any,
+    log_alpha: jax.Array,
+    carries: Any,
+    y_tree: Any,
+    ys_rest: list[Any],
+    dependent: set[int],
+    sites: tuple[Address, ...],
+) -> tuple[Any, Any, jax.Array]:
+    """The chain's total over the first step's values, its outputs and its final carry."""
     total = plan.combine(log_alpha, key=None if inputs[2] is None else combine_key(inputs[2][0]))
     ys = _placeholders(
         jax.tree_util.tree_unflatten(y_tree, ys_rest), frozenset(dependent), f"the outputs of {where}", sites
@@ -152,6 +176,154 @@ def forward(
         count = len(jax.tree_util.tree_leaves(carries))
         carry = _placeholders(carries, frozenset(range(count)), f"the final carry of {where}", sites)
     return carry, ys, total
+
+
+def _first_order(
+    transition: Callable[..., Any], carries: Any, tables: Any, rest: Any, steps: int
+) -> tuple[Any, Any, Any]:
+    """A first-order chain's factors ``(T−1, n_prev, n)``, final carry table and outputs.
+
+    Fast path: the carry table is a function of the step's summed-out values only (not of the carry
+    it came from, nor of the step's inputs), so it is the same at every step: every step's factors in
+    one vectorized pass. Checked abstractly with the table mapped along the steps, then run with it
+    shared (work that depends on it only is not repeated). Otherwise step by step (``lax.scan``).
+    """
+    try:
+        jax.eval_shape(jax.vmap(transition, out_axes=(0, None, 0)), tables, *rest)
+        return jax.vmap(transition, in_axes=(None, 0, 0), out_axes=(0, None, 0))(carries, *rest)
+    except ValueError as err:
+        if "out_axes" not in str(err):
+            raise
+
+    def step(carries: Any, packed: Any) -> Any:  # the table changes along the chain
+        factors, carries, leaves = transition(carries, *packed)
+        return carries, (factors, leaves)
+
+    carries, (factors, ys) = jax.lax.scan(step, carries, rest, length=steps)
+    return factors, carries, ys
+
+
+#: How many steps a higher-order chain's carries may take to repeat (its order, at most).
+MAX_LAYERS = 32
+
+
+class _Coupled(ValueError):
+    """The next carry depends on the previous one beyond the step's summed-out values."""
+
+
+def _higher_order(
+    plan: Plan,
+    from_rows: Callable[..., Any],
+    carries: Any,
+    states: Any,
+    moves: tuple[jax.Array, jax.Array],
+    rest: Any,
+    length: int,
+    step_keys: Any,
+    err: _Coupled,
+) -> tuple[jax.Array, list[Any]]:
+    """Steps 1.. of a higher-order chain (see :func:`_states`): the backward messages into the first
+    step's values, ``β_0(r) = log Σ_k exp(ℓ_1(r, k) + β_1(to_first[r, k]))`` with
+    ``β_{t−1}(s) = log Σ_k exp(ℓ_t(s, k) + β_t(to[s, k]))``, and the steps' outputs.
+
+    Step 1 runs from the first step's carries, every later step from the states (the same table at
+    every step: a carry that changes with the steps' inputs raises ``err``).
+    """
+    to_first, to = moves
+    head = jax.tree_util.tree_map(lambda v: v[:1], rest)
+    later = jax.tree_util.tree_map(lambda v: v[1:], rest)
+    first_factors, _, ys = jax.vmap(from_rows, (None, 0, 0))(carries, *head)
+    beta = jnp.zeros(to.shape[0], first_factors.dtype)
+    if length > 2:
+        from_states = functools.partial(from_rows, states)
+        try:
+            jax.eval_shape(jax.vmap(from_states, out_axes=(0, None, 0)), *later)
+        except ValueError as inner:
+            if "out_axes" not in str(inner):
+                raise
+            raise err from None
+        factors, _, later_ys = jax.vmap(from_states, out_axes=(0, None, 0))(*later)
+        ys = _appended(ys, later_ys)
+
+        def backward(b: jax.Array, packed: Any) -> tuple[jax.Array, None]:
+            f, key = packed
+            return plan.combine(f + b[to], axis=1, key=combine_key(key)), None
+
+        later_keys = None if step_keys is None else step_keys[1:]
+        beta = jax.lax.scan(backward, beta, (factors, later_keys), reverse=True)[0]
+    first_key = None if step_keys is None else combine_key(step_keys[0])
+    return plan.combine(first_factors[0] + beta[to_first], axis=1, key=first_key), ys
+
+
+def _states(
+    plan: Plan,
+    init: Any,
+    first: Any,
+    step_table: Callable[..., Table],
+    from_state: Callable[..., Any],
+    rest: Any,
+    length: int,
+    err: _Coupled,
+) -> tuple[Any, jax.Array, jax.Array]:
+    """A higher-order chain's states: every distinct carry after step 1, as constants.
+
+    Returns ``(states, to_first, to)``: the stacked states; ``to_first[r, k]``, the state after
+    step 1 from the first step's ``r``-th value with step 1's values ``k``; ``to[s, k]``, the state
+    after state ``s`` with the step's values ``k``. The carries must be constants, functions of the
+    summed-out values only (not of the initial carry, which the steps must drop, nor of any traced
+    number), else ``err`` is raised; at most ``plan.max_states`` of them, all reached within
+    ``MAX_LAYERS`` steps.
+    """
+    rows: dict[tuple[bytes, ...], int] = {}
+    stacked: list[list[np.ndarray]] = []
+    treedef: list[Any] = []
+
+    def indices(carries: Any) -> np.ndarray:
+        """The state of each new carry ``(m, n, ...)``, added to the states if new: ``(m, n)``."""
+        leaves, tree = jax.tree_util.tree_flatten(carries)
+        if any(is_traced(v) for v in leaves):
+            raise err
+        treedef[:] = [tree]
+        m, n = leaves[0].shape[:2]
+        out = np.empty(m * n, np.int32)
+        for r, row in enumerate(zip(*(np.asarray(v).reshape((m * n, *v.shape[2:])) for v in leaves))):
+            key = tuple(v.tobytes() + str(v.dtype).encode() for v in row)
+            if key not in rows:
+                if len(stacked) == plan.max_states:
+                    raise ValueError(
+                        f"{err} (its carries take more than max_states={plan.max_states} values)"
+                    )
+                rows[key] = len(stacked)
+                stacked.append(list(row))
+            out[r] = rows[key]
+        return out.reshape(m, n)
+
+    def table(states: list[list[np.ndarray]]) -> Any:
+        return jax.tree_util.tree_unflatten(treedef[0], [jnp.asarray(np.stack(c)) for c in zip(*states)])
+
+    step = jax.tree_util.tree_map(lambda v: v[0], rest)
+    found: list[np.ndarray] = []
+
+    def closure(init: Any) -> None:
+        # ``init`` is abstract here (as under jit, whether or not the caller jits): a carry that
+        # keeps a function of it (a counter, a running sum) has no finite set of states.
+        with jax.ensure_compile_time_eval():
+            carries = step_table(init, first[1], first[0]).stacked
+            found.append(indices(jax.vmap(lambda c: from_state(c, step[1], step[0])[1])(carries)))
+            done = 0
+            # Breadth first: the carries after step d + 1 are those after step d's successors;
+            # the last step's carries need none (a chain of T steps needs T − 2 layers at most).
+            for _ in range(min(length - 2, MAX_LAYERS + 1)):
+                if done == len(stacked):
+                    break
+                if len(found) > MAX_LAYERS:
+                    raise err  # new carries at every step: not a finite-order chain
+                frontier, done = stacked[done:], len(stacked)
+                found.append(indices(jax.vmap(lambda c: from_state(c, step[1], step[0])[1])(table(frontier))))
+            found.append(np.zeros((len(stacked) - done, found[0].shape[1]), np.int32))  # last step only
+
+    jax.eval_shape(closure, init)
+    return table(stacked), jnp.asarray(found[0]), jnp.asarray(np.concatenate(found[1:]))
 
 
 def _appended(first: list[jax.Array], rest: list[Any]) -> list[jax.Array]:

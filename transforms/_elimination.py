@@ -10,7 +10,8 @@ the program with the summed-out sites set to each of their values, vectorized wi
 * along a ``ppl.scan`` (:mod:`ppl.transforms._chains`) each step runs for every pair (previous
   state, current values), and the states are eliminated by the backward recursion in log space,
   ``β_{t−1}(j) = log Σ_k exp(ℓ_t(j, k) + β_t(k))``, cost ``T·K²``. The carry is the state: it must
-  depend on the previous step only through the step's summed-out values (a Markov chain in them).
+  depend on the previous step only through the step's summed-out values (a Markov chain in them),
+  or be one of finitely many constants (a tuple of the last states: a higher-order chain).
 
 The reductions (sum, max, sample) live in :mod:`ppl.transforms._semirings`.
 
@@ -417,7 +418,18 @@ def _map(
     if coupled is not None and not fits(0):
         coupled()
     count = len(run(0, 0, abstract=True)[2])
-    batched = frozenset(k for k in range(count) if not fits([None if i == k else 0 for i in range(count)]))
+
+    def dependent(group: range) -> frozenset[int]:
+        """The leaves of ``group`` that depend on the mapped arguments (group testing: one
+        abstract trace per group, halved where some do, so few dependent leaves cost few traces)."""
+        if len(group) < count and fits([None if i in group else 0 for i in range(count)]):
+            return frozenset()
+        if len(group) == 1:
+            return frozenset(group)
+        half = len(group) // 2
+        return dependent(group[:half]) | dependent(group[half:])
+
+    batched = dependent(range(count)) if count else frozenset()
     return (*run([0 if k in batched else None for k in range(count)]), batched)
 
 

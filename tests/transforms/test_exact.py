@@ -553,10 +553,11 @@ def test_a_chain_that_is_not_markov_in_its_state_is_refused() -> None:
 
     ys = jnp.zeros(4)
     marg = T.marginal(counting, keep=["t/y"], inference=T.exact())
-    with pytest.raises(
-        ValueError, match=r"ppl.scan at 't'.*carry after a step depends on the previous step's carry"
-    ):
-        marg.assess({"t": {"y": ys}}, ys)
+    for assess in (marg.assess, jax.jit(marg.assess)):  # the same answer eagerly and under jit
+        with pytest.raises(
+            ValueError, match=r"ppl.scan at 't'.*carry after a step depends on the previous step's carry"
+        ):
+            assess({"t": {"y": ys}}, ys)
 
 
 def test_too_many_joint_values_in_one_element_are_refused() -> None:
@@ -679,6 +680,99 @@ def test_a_carry_that_changes_along_the_chain_is_eliminated_step_by_step() -> No
 
     assert_close(jax.jit(ours)(A, M), jax.jit(truth)(A, M))
     assert_close(jax.jit(jax.grad(ours, (0, 1)))(A, M), jax.jit(jax.grad(truth, (0, 1)))(A, M))
+
+
+@ppl.gen
+def second_order(A2, m, ys):
+    """A second-order HMM: each state depends on the two before it (the carry is a tuple)."""
+
+    def step(carry, y):
+        z1, z2 = carry
+        z = ppl.sample("z", dist.Categorical(probs=jnp.asarray(A2)[z1, z2]))
+        ppl.sample("y", dist.Normal(jnp.asarray(m)[z], 1.0))
+        return (z.astype(jnp.int32), z1), None
+
+    ppl.scan(step, (jnp.int32(0), jnp.int32(0)), ys, addr="t")
+
+
+_W = np.random.default_rng(1).normal(size=(3, 3, 3))
+A2 = np.exp(_W) / np.exp(_W).sum(-1, keepdims=True)  # A2[z_{t−1}, z_{t−2}]: p(z_t)
+M3 = np.array([-1.0, 0.5, 2.0])
+
+
+@pytest.mark.parametrize("length", [1, 2, 5])
+def test_a_second_order_chain_equals_brute_force(length) -> None:
+    """A tuple carry of the last two states: the chain's states are its distinct carries (K² pairs),
+    eliminated by the same backward recursion; value, gradient and posterior equal brute force."""
+    ys = jnp.array([0.4, -1.3, 0.8, 1.6, -0.2])[:length]
+    given = {"t/y": ys}
+    latents = {"t/z": ((length,), 3)}
+
+    def ours(A2, m):
+        return exact_log_marginal(second_order, ["t/y"], given, A2, m, ys)
+
+    def truth(A2, m):
+        return brute_force(second_order, given, latents, A2, m, ys)
+
+    assert_close(jax.jit(ours)(A2, M3), truth(A2, M3))
+    assert_close(jax.jit(jax.grad(ours, (0, 1)))(A2, M3), jax.jit(jax.grad(truth, (0, 1)))(A2, M3))
+    post = jax.jit(lambda ys: T.infer_discrete(second_order, {"t": {"y": ys}}, A2, M3, ys))(ys)
+    marginals, best, top = brute_posterior(second_order, given, latents, A2, M3, ys)
+    assert_close(post.marginals["t/z"], marginals["t/z"])
+    np.testing.assert_array_equal(np.asarray(post.map["t/z"]), best["t/z"])
+    assert_close(post.map_log_density, top)
+
+
+def test_a_second_order_chain_draws_joint_posterior_samples() -> None:
+    ys = jnp.array([0.4, -1.3, 0.8, 1.6])
+    keys = jax.random.split(jax.random.key(2), 8_000)
+    draw = jax.jit(
+        jax.vmap(lambda k: T.infer_discrete(second_order, {"t": {"y": ys}}, A2, M3, ys, key=k).sample)
+    )
+    latents = {"t/z": ((4,), 3)}
+    assert joint_frequencies_fit(draw(keys), second_order, {"t/y": ys}, latents, A2, M3, ys) > 1e-3
+
+
+def test_a_long_second_order_chain_equals_a_forward_algorithm_over_pairs() -> None:
+    """T = 2,000: against an independent NumPy forward algorithm over the pair states (z_{t−1}, z_t)."""
+    length = 2000
+    ys = np.random.default_rng(3).normal(size=length) + 0.5
+    ours = jax.jit(lambda ys: exact_log_marginal(second_order, ["t/y"], {"t/y": ys}, A2, M3, ys))(ys)
+    a2, m, y = np.asarray(A2), np.asarray(M3), np.asarray(ys)
+    emit = -0.5 * (y[:, None] - m[None, :]) ** 2 - 0.5 * np.log(2 * np.pi)  # (T, K)
+    # alpha[i, j]: log p(y_<=t, z_{t−1} = i, z_t = j), starting from the carry (0, 0).
+    alpha = np.full((3, 3), -np.inf)
+    alpha[0, :] = np.log(a2[0, 0]) + emit[0]
+    for t in range(1, length):
+        # z_t = k given (z_{t−1}, z_{t−2}) = (j, i): A2[j, i, k]
+        terms = alpha[:, :, None] + np.log(np.transpose(a2, (1, 0, 2)))  # [i, j, k]
+        alpha = np.logaddexp.reduce(terms, axis=0) + emit[t][None, :]
+    np.testing.assert_allclose(ours, np.logaddexp.reduce(alpha.ravel()), rtol=1e-10)
+
+
+def test_a_higher_order_chain_with_more_states_than_max_states_is_refused() -> None:
+    ys = jnp.array([0.4, -1.3, 0.8])
+    marg = T.marginal(second_order, keep=["t/y"], inference=T.exact(max_states=8))  # 9 pairs
+    with pytest.raises(ValueError, match=r"ppl.scan at 't'.*more than max_states=8"):
+        marg.assess({"t": {"y": ys}}, A2, M3, ys)
+
+
+def test_a_carry_that_does_not_close_over_discrete_values_is_refused() -> None:
+    """A carry that accumulates a continuous function of the states has no finite state set."""
+
+    @ppl.gen
+    def accumulating(ys):
+        def step(carry, y):
+            z_prev, total = carry
+            z = ppl.sample("z", dist.Bernoulli(0.3 + 0.4 * z_prev))
+            ppl.sample("y", dist.Normal(total, 1.0))
+            return (z, total + 0.5 * z), None
+
+        ppl.scan(step, (jnp.asarray(0), jnp.asarray(0.0)), ys, addr="t")
+
+    ys = jnp.array([0.2, 1.1, 0.7])
+    with pytest.raises(ValueError, match=r"ppl.scan at 't'.*higher-order chain"):
+        jax.jit(lambda ys: exact_log_marginal(accumulating, ["t/y"], {"t/y": ys}, ys))(ys)
 
 
 def test_a_chain_without_summed_out_sites_may_carry_anything() -> None:

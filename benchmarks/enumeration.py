@@ -16,6 +16,10 @@ gradient with respect to every parameter, jitted:
   ``contrib.control_flow.scan`` and ``config_enumerate`` (its correct route for chains;
   ``TraceEnum_ELBO`` over ``scan`` is wrong, see docs/enumeration.md, and a Python loop
   unrolls T steps into the program).
+* ``hmm2``: the same with second-order transitions, ``z_t ~ Categorical(trans2[z_{t−1}, z_{t−2}])``
+  (``z_{−1} = z_0``). ``hand``: the forward algorithm over the pairs ``(z_{t−1}, z_t)``;
+  ``ours``: a ``ppl.scan`` carrying the last two states (a higher-order chain); ``numpyro``:
+  ``log_density`` of the enumerated model with ``scan(..., history=2)``.
 
 Every system's value and gradient are checked against ``hand``. Per size: compile time (first
 call of a fresh function), the median/p10/p90 step time over interleaved rounds, and the
@@ -26,7 +30,8 @@ With runtime checks on (the default), a jitted call outside an estimator ends wi
 check of the result (``--runtime-checks off`` drops it, as it drops every traced check).
 
 Usage: python benchmarks/enumeration.py [--mixture 1000,10000,100000] [--components 3,10]
-           [--lengths 100,1000,10000] [--states 2,8] [--repeats 50] [--rounds 5] [--json PATH]
+           [--lengths 100,1000,10000] [--states 2,8] [--second-order 3] [--repeats 50]
+           [--rounds 5] [--json PATH]
 """
 
 from __future__ import annotations
@@ -191,6 +196,79 @@ def numpyro_hmm(params: dict[str, jax.Array], ys: jax.Array) -> jax.Array:
     return funsor_log_density(enumerated, (params, ys), {}, {})[0]
 
 
+# -- second-order hmm ----------------------------------------------------------------------
+
+
+def hmm2_params(k: int) -> dict[str, jax.Array]:
+    params = hmm_params(k)
+    params["trans"] = params["trans"][:, None, :] + 0.3 * jnp.arange(k)[None, :, None]
+    return params
+
+
+def hand_hmm2(params: dict[str, jax.Array], ys: jax.Array) -> jax.Array:
+    log_a = jax.nn.log_softmax(params["trans"], -1)  # [z_{t−1}, z_{t−2}, z_t]
+    scale = jnp.exp(params["log_scale"])
+    u = (ys[..., None] - params["loc"]) / scale  # (S, T, K)
+    log_e = -0.5 * u**2 - jnp.log(scale) - 0.5 * jnp.log(2 * jnp.pi)
+    first = jax.nn.log_softmax(params["init"]) + log_e[:, 0]  # (S, K)
+    diagonal = log_a[jnp.arange(log_a.shape[0]), jnp.arange(log_a.shape[0])]  # z_{−1} = z_0
+    alpha1 = first[:, :, None] + diagonal[None] + log_e[:, 1, None, :]  # (S, z_0, z_1)
+    moved = jnp.transpose(log_a, (1, 0, 2))  # [z_{t−2}, z_{t−1}, z_t]
+
+    def step(alpha: jax.Array, e: jax.Array) -> tuple[jax.Array, None]:
+        return jax.nn.logsumexp(alpha[..., None] + moved[None], axis=1) + e[:, None, :], None
+
+    alpha, _ = jax.lax.scan(step, alpha1, jnp.swapaxes(log_e[:, 2:], 0, 1))
+    return jnp.sum(jax.nn.logsumexp(alpha, (-2, -1)))
+
+
+@ppl.gen
+def sequence2(params: dict[str, jax.Array], ys: jax.Array) -> None:
+    scale = jnp.exp(params["log_scale"])
+    z0 = ppl.sample("z0", dist.Categorical(logits=params["init"]))
+    ppl.sample("y0", dist.Normal(params["loc"][z0], scale[z0]))
+
+    def step(carry: tuple[jax.Array, jax.Array], y: jax.Array) -> tuple[Any, None]:
+        z1, z2 = carry
+        z = ppl.sample("z", dist.Categorical(logits=params["trans"][z1, z2]))
+        ppl.sample("y", dist.Normal(params["loc"][z], scale[z]))
+        return (z, z1), None
+
+    ppl.scan(step, (z0, z0), ys[1:], addr="t")
+
+
+@ppl.gen
+def sequences2(params: dict[str, jax.Array], ys: jax.Array) -> None:
+    ppl.sample("seqs", ppl.vmap(sequence2, in_axes=(None, 0)), params, ys)
+
+
+HMM2 = T.marginal(sequences2, keep=["seqs/y0", "seqs/t/y"], inference=T.exact())
+
+
+def ours_hmm2(params: dict[str, jax.Array], ys: jax.Array) -> jax.Array:
+    return HMM2.assess({"seqs": {"y0": ys[:, 0], "t": {"y": ys[:, 1:]}}}, params, ys)[0]
+
+
+def numpyro_hmm2(params: dict[str, jax.Array], ys: jax.Array) -> jax.Array:
+    def model(params: dict[str, jax.Array], ys: jax.Array) -> None:
+        scale = jnp.exp(params["log_scale"])
+        with numpyro.plate("seqs", ys.shape[0], dim=-1):
+            z0 = numpyro.sample("z0", dist.Categorical(logits=params["init"]))
+            numpyro.sample("y0", dist.Normal(params["loc"][z0], scale[z0]), obs=ys[:, 0])
+
+        def step(carry: tuple[jax.Array, jax.Array], y: jax.Array) -> tuple[Any, None]:
+            z1, z2 = carry
+            with numpyro.plate("seqs", ys.shape[0], dim=-1):
+                z = numpyro.sample("z", dist.Categorical(logits=params["trans"][z1, z2]))
+                numpyro.sample("y", dist.Normal(params["loc"][z], scale[z]), obs=y)
+            return (z, z1), None
+
+        np_scan(step, (z0, z0), jnp.swapaxes(ys[:, 1:], 0, 1), history=2)
+
+    enumerated = enum(config_enumerate(model), first_available_dim=-2)
+    return funsor_log_density(enumerated, (params, ys), {}, {})[0]
+
+
 # -- timing --------------------------------------------------------------------------------
 
 
@@ -261,6 +339,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--components", type=int_list, default="3,10", help="mixture components K")
     parser.add_argument("--lengths", type=int_list, default="100,1000,10000", help="chain lengths T")
     parser.add_argument("--states", type=int_list, default="2,8", help="HMM states K")
+    parser.add_argument("--second-order", type=int_list, default="3", help="second-order HMM states K")
     parser.add_argument("--repeats", type=positive_int, default=50, help="timed calls per system and size")
     parser.add_argument("--rounds", type=positive_int, default=5, help="interleaved timing rounds")
     parser.add_argument("--json", type=output_path("--json"), default=None, help="write the results here")
@@ -290,12 +369,27 @@ def main(argv: list[str] | None = None) -> None:
             row.update(bench(objectives, hmm_params(k), hmm_data(length, k), args.repeats, rounds))
             rows.append(row)
             print_table([row])
+    for k in args.second_order:
+        for length in args.lengths:
+            objectives = {"hand": hand_hmm2, "ours": ours_hmm2, "numpyro": numpyro_hmm2}
+            row = {"model": "hmm2", "size": length, "states": k}
+            row.update(bench(objectives, hmm2_params(k), hmm_data(length, k), args.repeats, rounds))
+            rows.append(row)
+            print_table([row])
     print()
     print_table(rows)
     if args.json:
         config = {
             k: getattr(args, k)
-            for k in ("mixture", "components", "lengths", "states", "repeats", "runtime_checks")
+            for k in (
+                "mixture",
+                "components",
+                "lengths",
+                "states",
+                "second_order",
+                "repeats",
+                "runtime_checks",
+            )
         }
         config["rounds"], config["sequences"] = rounds, SEQUENCES
         T.write_json({"machine": info, "config": config, "results": rows}, args.json)

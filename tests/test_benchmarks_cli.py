@@ -87,6 +87,7 @@ def test_unnormalized_overhead_misuse_exits_2(argv, message, capsys, monkeypatch
     [
         (["--mixture", "1000,"], "(no empty entries)"),
         (["--states", "0"], "argument --states: expected a positive integer, got '0'"),
+        (["--second-order", "0"], "argument --second-order: expected a positive integer, got '0'"),
         (["--lengths", "x"], "argument --lengths: expected a positive integer, got 'x'"),
         (["--repeats", "0"], "argument --repeats: expected a positive integer, got '0'"),
         (["--runtime-checks", "maybe"], "argument --runtime-checks: invalid choice"),
@@ -103,9 +104,10 @@ def test_enumeration_misuse_exits_2(argv, message, capsys, monkeypatch) -> None:
 def test_enumeration_agrees_with_hand_written_jax_on_small_sizes(capsys) -> None:
     """A tiny run: every system's value and gradient are asserted equal to hand-written JAX."""
     enumeration.main(
-        ["--mixture", "50", "--components", "2", "--lengths", "5", "--states", "2", "--repeats", "2"]
+        ["--mixture", "50", "--components", "2", "--lengths", "5", "--states", "2", "--second-order", "2"]
+        + ["--repeats", "2"]
     )
-    assert "hmm" in capsys.readouterr().out
+    assert "hmm2" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

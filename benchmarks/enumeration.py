@@ -137,11 +137,16 @@ def hmm_data(length: int, k: int) -> jax.Array:
     return jnp.sin(jnp.arange(length) / 17.0)[None] * 2 + jax.random.normal(key, (SEQUENCES, length))
 
 
+def emissions(params: dict[str, jax.Array], ys: jax.Array) -> jax.Array:
+    """``log N(y_{s,t}; loc_k, scale_k)``, shape (S, T, K)."""
+    scale = jnp.exp(params["log_scale"])
+    u = (ys[..., None] - params["loc"]) / scale
+    return -0.5 * u**2 - jnp.log(scale) - 0.5 * jnp.log(2 * jnp.pi)
+
+
 def hand_hmm(params: dict[str, jax.Array], ys: jax.Array) -> jax.Array:
     log_a = jax.nn.log_softmax(params["trans"], -1)
-    scale = jnp.exp(params["log_scale"])
-    u = (ys[..., None] - params["loc"]) / scale  # (S, T, K)
-    log_e = -0.5 * u**2 - jnp.log(scale) - 0.5 * jnp.log(2 * jnp.pi)
+    log_e = emissions(params, ys)
     alpha0 = jax.nn.log_softmax(params["init"]) + log_e[:, 0]
 
     def step(alpha: jax.Array, e: jax.Array) -> tuple[jax.Array, None]:
@@ -207,9 +212,7 @@ def hmm2_params(k: int) -> dict[str, jax.Array]:
 
 def hand_hmm2(params: dict[str, jax.Array], ys: jax.Array) -> jax.Array:
     log_a = jax.nn.log_softmax(params["trans"], -1)  # [z_{t−1}, z_{t−2}, z_t]
-    scale = jnp.exp(params["log_scale"])
-    u = (ys[..., None] - params["loc"]) / scale  # (S, T, K)
-    log_e = -0.5 * u**2 - jnp.log(scale) - 0.5 * jnp.log(2 * jnp.pi)
+    log_e = emissions(params, ys)
     first = jax.nn.log_softmax(params["init"]) + log_e[:, 0]  # (S, K)
     diagonal = log_a[jnp.arange(log_a.shape[0]), jnp.arange(log_a.shape[0])]  # z_{−1} = z_0
     alpha1 = first[:, :, None] + diagonal[None] + log_e[:, 1, None, :]  # (S, z_0, z_1)

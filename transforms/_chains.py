@@ -7,7 +7,8 @@ pass; otherwise a ``lax.scan`` computes the tables step by step.
 
 A higher-order chain carries more than the step's values (a tuple of the last states): its states
 are then the distinct carries, found once at trace time as constants (:func:`_states`, at most
-``max_states``), and the recursion runs over them, ``β_{t−1}(s) = log Σ_k exp(ℓ_t(s, k) +
+``max_states``; the first steps, whose carries still hold a part of the initial one, run from their
+rows of values), and the recursion runs over them, ``β_{t−1}(s) = log Σ_k exp(ℓ_t(s, k) +
 β_t(to[s, k]))`` with ``to[s, k]`` the state after ``s`` with the step's values ``k``.
 """
 
@@ -106,8 +107,8 @@ def forward(
             raise _Coupled(
                 f"{plan.program}: {where}: the carry after a step depends on the previous step's "
                 f"carry beyond the values of this step's summed-out sites ({listing(box[-1].sites)}), "
-                "and not as a higher-order chain (a carry of discrete values only, the same at every "
-                f"step, with at most max_states distinct values, all reached in {MAX_LAYERS} steps): "
+                f"and not as a higher-order chain (a carry that, within {MAX_LAYERS} steps, holds only "
+                "discrete values, the same at every step, at most max_states of them): "
                 "the forward algorithm needs the carry to be a function of the last steps' summed-out "
                 "values; carry only those values, or keep the sites"
             )
@@ -127,16 +128,14 @@ def forward(
             factors, carries, ys = _first_order(transition, carries, tables, rest, length - 1)
         except _Coupled as err:
             # A higher-order chain: its states are the distinct carries (a finite set, found once).
-            states, to_first, to = _states(plan, init, first, step_table, from_state, rest, length, err)
+            found = _states(plan, init, first, step_table, from_state, rest, length, err)
 
             def from_rows(rows: Any, step_inputs: Any, x: Any) -> tuple[Any, Any, list[Any]]:
                 scores, new, leaves, batched = _map(from_state, (rows, x, step_inputs), (0, None, None))
                 dependent.update(box[-1].dependent | batched)
                 return scores, new, [_zero(v[0]) if k in batched else v for k, v in enumerate(leaves)]
 
-            beta, ys = _higher_order(
-                plan, from_rows, carries, states, (to_first, to), rest, length, step_keys, err
-            )
+            beta, ys = _higher_order(plan, from_rows, carries, found, rest, length, step_keys, err)
             log_alpha = log_alpha + beta
             ys_rest = _appended(ys_rest, ys)
             return _finish(plan, where, inputs, log_alpha, carries, y_tree, ys_rest, dependent, sites)
@@ -203,7 +202,8 @@ def _first_order(
     return factors, carries, ys
 
 
-#: How many steps a higher-order chain's carries may take to repeat (its order, at most).
+#: How many steps a higher-order chain's carries may take to become states (about its order), and
+#: to close over them.
 MAX_LAYERS = 32
 
 
@@ -215,26 +215,37 @@ def _higher_order(
     plan: Plan,
     from_rows: Callable[..., Any],
     carries: Any,
-    states: Any,
-    moves: tuple[jax.Array, jax.Array],
+    found: tuple[Any, int, jax.Array, jax.Array],
     rest: Any,
     length: int,
     step_keys: Any,
     err: _Coupled,
 ) -> tuple[jax.Array, list[Any]]:
     """Steps 1.. of a higher-order chain (see :func:`_states`): the backward messages into the first
-    step's values, ``β_0(r) = log Σ_k exp(ℓ_1(r, k) + β_1(to_first[r, k]))`` with
-    ``β_{t−1}(s) = log Σ_k exp(ℓ_t(s, k) + β_t(to[s, k]))``, and the steps' outputs.
+    step's values, and the steps' outputs.
 
-    Step 1 runs from the first step's carries, every later step from the states (the same table at
-    every step: a carry that changes with the steps' inputs raises ``err``).
+    The first ``D`` steps run from rows that still hold a part of the initial carry (each step's rows
+    are the previous rows times its values, row ``r·n + k``); step ``D`` moves them to the states
+    (``to_first``), and every later step runs from the states (the same table at every step: a carry
+    that changes with the steps' inputs raises ``err``), ``β_{t−1}(s) = log Σ_k exp(ℓ_t(s, k) +
+    β_t(to[s, k]))``.
     """
-    to_first, to = moves
-    head = jax.tree_util.tree_map(lambda v: v[:1], rest)
-    later = jax.tree_util.tree_map(lambda v: v[1:], rest)
-    first_factors, _, ys = jax.vmap(from_rows, (None, 0, 0))(carries, *head)
-    beta = jnp.zeros(to.shape[0], first_factors.dtype)
-    if length > 2:
+    states, transient, to_first, to = found
+
+    def key_of(t: int) -> Any:
+        return None if step_keys is None else combine_key(step_keys[t])
+
+    factors_by_step, ys = [], None
+    rows = carries
+    for t in range(transient):
+        step = jax.tree_util.tree_map(lambda v, t=t: v[t : t + 1], rest)
+        f, new, step_ys = jax.vmap(from_rows, (None, 0, 0))(rows, *step)
+        factors_by_step.append(f[0])
+        ys = step_ys if ys is None else _appended(ys, step_ys)
+        rows = jax.tree_util.tree_map(lambda v: v[0].reshape((-1, *v.shape[3:])), new)
+    beta = jnp.zeros(to.shape[0], factors_by_step[0].dtype)
+    if length - 1 > transient:
+        later = jax.tree_util.tree_map(lambda v: v[transient:], rest)
         from_states = functools.partial(from_rows, states)
         try:
             jax.eval_shape(jax.vmap(from_states, out_axes=(0, None, 0)), *later)
@@ -249,10 +260,17 @@ def _higher_order(
             f, key = packed
             return plan.combine(f + b[to], axis=1, key=combine_key(key)), None
 
-        later_keys = None if step_keys is None else step_keys[1:]
+        later_keys = None if step_keys is None else step_keys[transient:]
         beta = jax.lax.scan(backward, beta, (factors, later_keys), reverse=True)[0]
-    first_key = None if step_keys is None else combine_key(step_keys[0])
-    return plan.combine(first_factors[0] + beta[to_first], axis=1, key=first_key), ys
+    last = factors_by_step[-1]
+    if length - 1 > transient:  # the last transient step moves its rows to the states
+        b = plan.combine(last + beta[to_first], axis=1, key=key_of(transient - 1))
+    else:  # the chain ends before its carries become states
+        b = plan.combine(last, axis=1, key=key_of(transient - 1))
+    for t in range(transient - 2, -1, -1):
+        f = factors_by_step[t]
+        b = plan.combine(f + b.reshape(f.shape), axis=1, key=key_of(t))
+    return b, ys
 
 
 def _states(
@@ -264,15 +282,15 @@ def _states(
     rest: Any,
     length: int,
     err: _Coupled,
-) -> tuple[Any, jax.Array, jax.Array]:
-    """A higher-order chain's states: every distinct carry after step 1, as constants.
+) -> tuple[Any, int, jax.Array, jax.Array]:
+    """A higher-order chain's states: every distinct carry that holds no part of the initial carry.
 
-    Returns ``(states, to_first, to)``: the stacked states; ``to_first[r, k]``, the state after
-    step 1 from the first step's ``r``-th value with step 1's values ``k``; ``to[s, k]``, the state
-    after state ``s`` with the step's values ``k``. The carries must be constants, functions of the
-    summed-out values only (not of the initial carry, which the steps must drop, nor of any traced
-    number), else ``err`` is raised; at most ``plan.max_states`` of them, all reached within
-    ``MAX_LAYERS`` steps.
+    Returns ``(states, D, to_first, to)``: the stacked states; ``D``, the number of steps until the
+    carries hold no part of the initial carry (its order − 1, at most the chain's steps);
+    ``to_first[r, k]``, the state after step ``D`` from its ``r``-th row with the step's values
+    ``k``; ``to[s, k]``, the state after state ``s`` with the step's values ``k``. The carries must
+    become constants, functions of the summed-out values only (not of any traced number), within
+    ``MAX_LAYERS`` steps, else ``err`` is raised; at most ``plan.max_states`` states and rows.
     """
     rows: dict[tuple[bytes, ...], int] = {}
     stacked: list[list[np.ndarray]] = []
@@ -281,8 +299,6 @@ def _states(
     def indices(carries: Any) -> np.ndarray:
         """The state of each new carry ``(m, n, ...)``, added to the states if new: ``(m, n)``."""
         leaves, tree = jax.tree_util.tree_flatten(carries)
-        if any(is_traced(v) for v in leaves):
-            raise err
         treedef[:] = [tree]
         m, n = leaves[0].shape[:2]
         out = np.empty(m * n, np.int32)
@@ -301,29 +317,53 @@ def _states(
     def table(states: list[list[np.ndarray]]) -> Any:
         return jax.tree_util.tree_unflatten(treedef[0], [jnp.asarray(np.stack(c)) for c in zip(*states)])
 
-    step = jax.tree_util.tree_map(lambda v: v[0], rest)
-    found: list[np.ndarray] = []
+    def traced(tree: Any) -> bool:
+        return any(is_traced(v) for v in jax.tree_util.tree_leaves(tree))
+
+    found: list[Any] = []
 
     def closure(init: Any) -> None:
-        # ``init`` is abstract here (as under jit, whether or not the caller jits): a carry that
-        # keeps a function of it (a counter, a running sum) has no finite set of states.
+        # ``init`` is abstract here (as under jit, whether or not the caller jits): the first steps'
+        # carries may hold a part of it; the chain's states are those that hold none.
         with jax.ensure_compile_time_eval():
             carries = step_table(init, first[1], first[0]).stacked
-            found.append(indices(jax.vmap(lambda c: from_state(c, step[1], step[0])[1])(carries)))
-            done = 0
-            # Breadth first: the carries after step d + 1 are those after step d's successors;
-            # the last step's carries need none (a chain of T steps needs T − 2 layers at most).
-            for _ in range(min(length - 2, MAX_LAYERS + 1)):
+            for t in range(min(length - 1, MAX_LAYERS)):
+                step = jax.tree_util.tree_map(lambda v, t=t: v[t], rest)
+                new = jax.vmap(lambda c, step=step: from_state(c, step[1], step[0])[1])(carries)
+                if not traced(new):
+                    found.extend([t + 1, indices(new), step])
+                    break
+                carries = jax.tree_util.tree_map(lambda v: v.reshape((-1, *v.shape[2:])), new)
+                if jax.tree_util.tree_leaves(carries)[0].shape[0] > plan.max_states:
+                    raise err
+            else:
+                if length - 1 > MAX_LAYERS:
+                    raise err  # the carries keep a function of the initial one (a counter, a sum)
+                found.extend([length - 1, np.zeros((0, 1), np.int32), None])
+                return
+            transient, _, step = found
+            done, to_rows = 0, []
+            # Breadth first: the carries after step d + 1 are those after step d's successors; the
+            # last step's carries need none.
+            for _ in range(min(length - 1 - transient, MAX_LAYERS + 1)):
                 if done == len(stacked):
                     break
-                if len(found) > MAX_LAYERS:
-                    raise err  # new carries at every step: not a finite-order chain
+                if len(to_rows) == MAX_LAYERS:
+                    raise err
                 frontier, done = stacked[done:], len(stacked)
-                found.append(indices(jax.vmap(lambda c: from_state(c, step[1], step[0])[1])(table(frontier))))
-            found.append(np.zeros((len(stacked) - done, found[0].shape[1]), np.int32))  # last step only
+                new = jax.vmap(lambda c: from_state(c, step[1], step[0])[1])(table(frontier))
+                if traced(new):
+                    raise err
+                to_rows.append(indices(new))
+            n = found[1].shape[1]
+            to_rows.append(np.zeros((len(stacked) - done, n), np.int32))  # reached at the last step only
+            found.append(np.concatenate(to_rows))
 
     jax.eval_shape(closure, init)
-    return table(stacked), jnp.asarray(found[0]), jnp.asarray(np.concatenate(found[1:]))
+    transient, to_first = found[0], found[1]
+    if not stacked:  # the chain ends first: no states
+        return None, transient, jnp.asarray(to_first), jnp.zeros((0, 1), jnp.int32)
+    return table(stacked), transient, jnp.asarray(to_first), jnp.asarray(found[3])
 
 
 def _appended(first: list[jax.Array], rest: list[Any]) -> list[jax.Array]:

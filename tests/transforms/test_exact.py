@@ -541,7 +541,7 @@ def test_a_site_without_a_value_or_a_finite_support_is_named() -> None:
         marg.assess({"xs": {"x": X4}}, {}, X4)
 
 
-def test_a_chain_that_is_not_markov_in_its_state_is_refused() -> None:
+def test_a_chain_that_is_not_markov_in_its_state_is_exact_when_short_and_refused_when_long() -> None:
     @ppl.gen
     def counting(ys):
         def step(count, y):
@@ -551,9 +551,15 @@ def test_a_chain_that_is_not_markov_in_its_state_is_refused() -> None:
 
         ppl.scan(step, 0, ys, addr="t")
 
-    ys = jnp.zeros(4)
     marg = T.marginal(counting, keep=["t/y"], inference=T.exact())
+    # A short chain is summed over every path of its carries (2^T rows, at most max_states).
+    ys = jnp.array([0.3, 1.2, 0.8, 2.1])
+    truth = brute_force(counting, {"t/y": ys}, {"t/z": ((4,), 2)}, ys)
     for assess in (marg.assess, jax.jit(marg.assess)):  # the same answer eagerly and under jit
+        assert_close(assess({"t": {"y": ys}}, ys)[0], truth)
+    # A long one never repeats its carries: refused.
+    ys = jnp.zeros(40)
+    for assess in (marg.assess, jax.jit(marg.assess)):
         with pytest.raises(
             ValueError, match=r"ppl.scan at 't'.*carry after a step depends on the previous step's carry"
         ):
@@ -750,6 +756,41 @@ def test_a_long_second_order_chain_equals_a_forward_algorithm_over_pairs() -> No
     np.testing.assert_allclose(ours, np.logaddexp.reduce(alpha.ravel()), rtol=1e-10)
 
 
+@ppl.gen
+def third_order(A3, m, ys):
+    def step(carry, y):
+        z1, z2, z3 = carry
+        z = ppl.sample("z", dist.Categorical(probs=jnp.asarray(A3)[z1, z2, z3]))
+        ppl.sample("y", dist.Normal(jnp.asarray(m)[z], 1.0))
+        return (z.astype(jnp.int32), z1, z2), None
+
+    ppl.scan(step, (jnp.int32(0), jnp.int32(1), jnp.int32(0)), ys, addr="t")
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 5])
+def test_a_third_order_chain_equals_brute_force(length) -> None:
+    """The first two steps' carries still hold a part of the initial carry: those steps run from
+    their rows, the later ones from the 8 states."""
+    w = np.random.default_rng(4).normal(size=(2, 2, 2, 2))
+    a3 = np.exp(w) / np.exp(w).sum(-1, keepdims=True)
+    m = np.array([-0.5, 1.5])
+    ys = jnp.array([0.4, -1.3, 0.8, 1.6, -0.2])[:length]
+    given, latents = {"t/y": ys}, {"t/z": ((length,), 2)}
+
+    def ours(a3, m):
+        return exact_log_marginal(third_order, ["t/y"], given, a3, m, ys)
+
+    def truth(a3, m):
+        return brute_force(third_order, given, latents, a3, m, ys)
+
+    assert_close(jax.jit(ours)(a3, m), truth(a3, m))
+    assert_close(jax.jit(jax.grad(ours))(a3, m), jax.jit(jax.grad(truth))(a3, m))
+    post = T.infer_discrete(third_order, {"t": {"y": ys}}, a3, m, ys)
+    marginals, best, _ = brute_posterior(third_order, given, latents, a3, m, ys)
+    assert_close(post.marginals["t/z"], marginals["t/z"])
+    np.testing.assert_array_equal(np.asarray(post.map["t/z"]), best["t/z"])
+
+
 def test_a_higher_order_chain_with_more_states_than_max_states_is_refused() -> None:
     ys = jnp.array([0.4, -1.3, 0.8])
     marg = T.marginal(second_order, keep=["t/y"], inference=T.exact(max_states=8))  # 9 pairs
@@ -757,8 +798,9 @@ def test_a_higher_order_chain_with_more_states_than_max_states_is_refused() -> N
         marg.assess({"t": {"y": ys}}, A2, M3, ys)
 
 
-def test_a_carry_that_does_not_close_over_discrete_values_is_refused() -> None:
-    """A carry that accumulates a continuous function of the states has no finite state set."""
+def test_a_carry_that_does_not_close_over_discrete_values_is_exact_when_short_and_refused_when_long() -> None:
+    """A carry that accumulates a continuous function of the states has no finite state set: a short
+    chain is summed over all its paths, a long one is refused."""
 
     @ppl.gen
     def accumulating(ys):
@@ -771,6 +813,9 @@ def test_a_carry_that_does_not_close_over_discrete_values_is_refused() -> None:
         ppl.scan(step, (jnp.asarray(0), jnp.asarray(0.0)), ys, addr="t")
 
     ys = jnp.array([0.2, 1.1, 0.7])
+    ours = jax.jit(lambda ys: exact_log_marginal(accumulating, ["t/y"], {"t/y": ys}, ys))(ys)
+    assert_close(ours, brute_force(accumulating, {"t/y": ys}, {"t/z": ((3,), 2)}, ys))  # 2^3 paths
+    ys = jnp.zeros(20)  # 2^19 paths, more than max_states
     with pytest.raises(ValueError, match=r"ppl.scan at 't'.*higher-order chain"):
         jax.jit(lambda ys: exact_log_marginal(accumulating, ["t/y"], {"t/y": ys}, ys))(ys)
 

@@ -113,13 +113,20 @@ def forward(
                 "values; carry only those values, or keep the sites"
             )
 
-        def transition(carries: Any, step_inputs: Any, x: Any) -> tuple[Any, Any, list[Any]]:
-            """One step from every previous state: log factors ``(n_prev, n)``, the new carry table."""
-            scores, new_carries, leaves, batched = _map(
-                from_state, (carries, x, step_inputs), (0, None, None), None, coupled
+        def from_rows(
+            rows: Any, step_inputs: Any, x: Any, first_order: bool = False
+        ) -> tuple[Any, Any, list[Any]]:
+            """One step from every row of carries: log factors ``(n_rows, n)``, the new carries
+            ``(n_rows, n, ...)``, or with ``first_order`` the new carry table ``(n, ...)``, which must
+            not depend on the row (else :class:`_Coupled`)."""
+            stacked, check = (None, coupled) if first_order else (0, None)
+            scores, new, leaves, batched = _map(
+                from_state, (rows, x, step_inputs), (0, None, None), stacked, check
             )
             dependent.update(box[-1].dependent | batched)
-            return scores, new_carries, [_zero(v[0]) if k in batched else v for k, v in enumerate(leaves)]
+            return scores, new, [_zero(v[0]) if k in batched else v for k, v in enumerate(leaves)]
+
+        transition = functools.partial(from_rows, first_order=True)
 
         rest = jax.tree_util.tree_map(lambda v: v[1:], (inputs, xs))
         tables = jax.tree_util.tree_map(lambda v: jnp.broadcast_to(v, (length - 1, *v.shape)), carries)
@@ -129,12 +136,6 @@ def forward(
         except _Coupled as err:
             # A higher-order chain: its states are the distinct carries (a finite set, found once).
             found = _states(plan, init, first, step_table, from_state, rest, length, err)
-
-            def from_rows(rows: Any, step_inputs: Any, x: Any) -> tuple[Any, Any, list[Any]]:
-                scores, new, leaves, batched = _map(from_state, (rows, x, step_inputs), (0, None, None))
-                dependent.update(box[-1].dependent | batched)
-                return scores, new, [_zero(v[0]) if k in batched else v for k, v in enumerate(leaves)]
-
             beta, ys = _higher_order(plan, from_rows, carries, found, rest, length, step_keys, err)
             log_alpha = log_alpha + beta
             ys_rest = _appended(ys_rest, ys)
@@ -262,12 +263,10 @@ def _higher_order(
 
         later_keys = None if step_keys is None else step_keys[transient:]
         beta = jax.lax.scan(backward, beta, (factors, later_keys), reverse=True)[0]
-    last = factors_by_step[-1]
-    if length - 1 > transient:  # the last transient step moves its rows to the states
-        b = plan.combine(last + beta[to_first], axis=1, key=key_of(transient - 1))
-    else:  # the chain ends before its carries become states
-        b = plan.combine(last, axis=1, key=key_of(transient - 1))
-    for t in range(transient - 2, -1, -1):
+    # The last transient step moves its rows to the states (unless the chain ends before that);
+    # each earlier one to the rows of the next, row r·n + k.
+    b = beta[to_first] if length - 1 > transient else jnp.zeros_like(factors_by_step[-1])
+    for t in range(transient - 1, -1, -1):
         f = factors_by_step[t]
         b = plan.combine(f + b.reshape(f.shape), axis=1, key=key_of(t))
     return b, ys
